@@ -1,0 +1,1 @@
+"""Entry points: the `sivae` command, distributed backends' launchers and Slurm jobs."""

@@ -1,0 +1,42 @@
+"""The `sivae` command: one entry point, one subcommand per package.
+
+Each package's `cli` module adds its subcommand with `register(subparsers)` and sets a
+`handler(args) -> int` default; heavy imports happen inside the handlers so `--help` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from train.config import ConfigError
+
+SUBCOMMANDS = ("train.toy2d.cli",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sivae",
+        description="Soft-IntroVAE at scale: data, training, launch and evaluation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"sivae {args.command}: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sivae {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

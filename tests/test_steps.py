@@ -1,0 +1,169 @@
+"""Gradient-flow and freeze rules of the training steps (DESIGN.md 2.1), on the MLP model."""
+
+import pytest
+import torch
+
+from models.mlp import mlp_vae
+from train.backend import LocalBackend
+from train.schema import ObjectiveConfig
+from train.steps import intro_step, soft_intro_step, training_step, vae_step
+
+
+class GradientLog:
+    """Records, per phase, which parameters received a gradient (post-accumulate hooks)."""
+
+    def __init__(self, backend: LocalBackend):
+        self.backend = backend
+        self.got_grad: dict[str, set[str]] = {}
+        self.grad_norm: dict[str, float] = {}
+        for name, p in backend.model.named_parameters():
+            p.register_post_accumulate_grad_hook(self._hook(name))
+
+    def _hook(self, name):
+        def hook(p):
+            phase = self.backend.trainable
+            self.got_grad.setdefault(phase, set()).add(name)
+            self.grad_norm[f"{phase}:{name}"] = float(p.grad.norm())
+
+        return hook
+
+
+def make_backend(seed=0, lr=1e-2):
+    torch.manual_seed(seed)
+    model = mlp_vae(data_dim=2, latent_dim=2, hidden=16, hidden_layers=1)
+    opts = {n: torch.optim.SGD(getattr(model, n).parameters(), lr=lr) for n in ("encoder", "decoder")}
+    return model, LocalBackend(model, opts)
+
+
+def names(model, prefix):
+    return {n for n, _ in model.named_parameters() if n.startswith(prefix)}
+
+
+def snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before, module):
+    return [not torch.equal(a, b) for a, b in zip(before, module.parameters())]
+
+
+CFG = ObjectiveConfig(name="soft-intro", beta_rec=0.2, beta_kl=0.3, beta_neg=0.9, gamma_r=1e-8)
+X = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("step", [soft_intro_step, intro_step])
+def test_encoder_phase_touches_only_the_encoder(step):
+    model, backend = make_backend()
+    log = GradientLog(backend)
+    step(backend, X, CFG, 0.5)
+    assert log.got_grad["encoder"] == names(model, "encoder.")
+    assert log.got_grad["decoder"] == names(model, "decoder.")
+    # after each update the gradients are cleared, so nothing leaks into the next phase
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_encoder_step_leaves_decoder_unchanged_and_without_gradient():
+    model, backend = make_backend()
+    dec_before = snapshot(model.decoder)
+    enc_before = snapshot(model.encoder)
+    original_update = backend.update
+    seen = {}
+
+    def update(net, loss):
+        if net == "encoder":
+            ok = original_update(net, loss)
+            seen["decoder_grads"] = [p.grad for p in model.decoder.parameters()]
+            seen["decoder_changed"] = changed(dec_before, model.decoder)
+            seen["encoder_changed"] = changed(enc_before, model.encoder)
+            return ok
+        return original_update(net, loss)
+
+    backend.update = update
+    soft_intro_step(backend, X, CFG, 0.5)
+    assert all(g is None for g in seen["decoder_grads"])
+    assert not any(seen["decoder_changed"])
+    assert all(seen["encoder_changed"])
+
+
+def test_decoder_step_gets_gradient_through_frozen_encoder_only():
+    # With beta_rec = gamma_r = 0 the decoder loss is s * 0.5 * beta_kl * (KL(E(rec)) + KL(E(fake))):
+    # its only path to the decoder's parameters runs through the (frozen) encoder.
+    cfg = ObjectiveConfig(name="soft-intro", beta_rec=0.0, beta_kl=1.0, beta_neg=0.9, gamma_r=0.0)
+    model, backend = make_backend()
+    log = GradientLog(backend)
+    original_update = backend.update
+    seen = {}
+
+    def update(net, loss):
+        if net == "decoder":
+            seen["enc_before"], seen["dec_before"] = snapshot(model.encoder), snapshot(model.decoder)
+            ok = original_update(net, loss)
+            seen["enc_changed"] = changed(seen["enc_before"], model.encoder)
+            seen["dec_changed"] = changed(seen["dec_before"], model.decoder)
+            return ok
+        return original_update(net, loss)
+
+    backend.update = update
+    soft_intro_step(backend, X, cfg, 0.5)
+    assert log.got_grad["decoder"] == names(model, "decoder.")
+    assert all(log.grad_norm[f"decoder:{n}"] > 0 for n in names(model, "decoder."))
+    assert not any(seen["enc_changed"]), "the frozen encoder must not move in the decoder step"
+    assert all(seen["dec_changed"])
+
+
+def test_vae_step_trains_both():
+    model, backend = make_backend()
+    log = GradientLog(backend)
+    enc, dec = snapshot(model.encoder), snapshot(model.decoder)
+    vae_step(backend, X, CFG)
+    assert log.got_grad["both"] == names(model, "")
+    assert all(changed(enc, model.encoder)) and all(changed(dec, model.decoder))
+
+
+def test_warmup_selects_vae_step():
+    _, backend = make_backend()
+    stats = training_step(backend, X, CFG, 0.5, warmup=True)
+    assert "loss_vae" in stats and "loss_encoder" not in stats
+    stats = training_step(backend, X, CFG, 0.5, warmup=False)
+    assert {"loss_encoder", "loss_decoder", "exp_elbo_rec", "exp_elbo_fake", "diff_kl"} <= set(stats)
+
+
+def test_non_finite_loss_is_skipped_and_counted():
+    model, backend = make_backend()
+    before = snapshot(model)
+    x = X.clone()
+    x[0, 0] = float("nan")
+    soft_intro_step(backend, x, CFG, 0.5)
+    assert backend.skipped["encoder"] == 1 and backend.skipped["decoder"] == 1
+    assert backend.consecutive_skips == 2
+    assert not any(changed(before, model))
+    soft_intro_step(backend, X, CFG, 0.5)
+    assert backend.consecutive_skips == 0
+
+
+def test_non_finite_gradient_is_skipped():
+    model, backend = make_backend()
+    before = snapshot(model)
+    # a finite loss (0) whose gradient is not: d sqrt(u)/du is infinite at u = 0
+    loss = torch.sqrt(model.encoder.net[0].weight * 0.0).sum()
+    assert torch.isfinite(loss)
+    with backend.train_only("encoder"):
+        applied = backend.update("encoder", loss)
+    assert not applied and backend.skipped["encoder"] == 1
+    assert not any(changed(before, model))
+
+
+def test_short_soft_intro_training_lowers_reconstruction():
+    model, backend = make_backend(lr=0.0)
+    opts = {n: torch.optim.Adam(getattr(model, n).parameters(), lr=2e-3) for n in ("encoder", "decoder")}
+    backend.optimizers = opts
+    gen = torch.Generator().manual_seed(3)
+
+    def data():
+        return torch.randn(128, 2, generator=gen) * torch.tensor([2.0, 0.3])
+
+    first = [training_step(backend, data(), CFG, 0.5, warmup=False)["rec"].item() for _ in range(5)]
+    for _ in range(300):
+        training_step(backend, data(), CFG, 0.5, warmup=False)
+    last = [training_step(backend, data(), CFG, 0.5, warmup=False)["rec"].item() for _ in range(5)]
+    assert sum(last) < 0.5 * sum(first)

@@ -1,0 +1,115 @@
+"""The 2D study: samplers, metrics against hand-computed values, and short runs via the CLI."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from train.toy2d import metrics
+from train.toy2d.datasets import HALF_RANGE, SAMPLERS
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_samplers_shape_range_and_determinism(name):
+    a = SAMPLERS[name](1001, torch.Generator().manual_seed(0))
+    b = SAMPLERS[name](1001, torch.Generator().manual_seed(0))
+    assert a.shape == (1001, 2) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    inside = (a.abs() <= 2 * HALF_RANGE[name]).all(dim=1).float().mean()
+    assert inside > 0.99
+
+
+def test_eight_gaussians_geometry():
+    x = SAMPLERS["8gaussians"](4000, torch.Generator().manual_seed(0))
+    radius = x.norm(dim=1)
+    assert radius.mean().item() == pytest.approx(2 / 1.414, abs=0.01)
+    angles = torch.atan2(x[:, 1], x[:, 0]) / (math.pi / 4)
+    assert (angles - angles.round()).abs().max() < 0.1  # clustered at multiples of 45 degrees
+
+
+def test_histogram_divergences_hand_computed():
+    p = np.array([[3.0, 1.0], [0.0, 0.0]])  # masses 0.75, 0.25
+    q = np.array([[1.0, 1.0], [0.0, 0.0]])  # masses 0.5, 0.5
+    # smoothing (1e-6 per bin) changes these by ~1e-5
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert metrics.histogram_kl(p, q) == pytest.approx(kl, abs=1e-4)
+    m = [0.625, 0.375]
+    jsd = 0.5 * (0.75 * math.log(0.75 / m[0]) + 0.25 * math.log(0.25 / m[1])) + 0.5 * (
+        0.5 * math.log(0.5 / m[0]) + 0.5 * math.log(0.5 / m[1])
+    )
+    assert metrics.histogram_jsd(p, q) == pytest.approx(jsd, abs=1e-4)
+    assert metrics.histogram_kl(p, p) == pytest.approx(0.0, abs=1e-12)
+    # disjoint supports: JSD reaches ln 2
+    assert metrics.histogram_jsd(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])) == pytest.approx(math.log(2), abs=1e-3)
+
+
+def test_reference_conventions_hand_computed():
+    # 2 x 2 "densities" P, Q; rows = 2 so the reference divides by 2.
+    P = np.array([[2.0, 0.0], [1.0, 1.0]])
+    Q = np.array([[1.0, 1.0], [0.0, 2.0]])
+    # kl_ref = sum_{P>0} P (log P - log(Q + 1e-14)) / 2
+    kl = (2 * math.log(2 / 1) + 1 * (math.log(1) - math.log(1e-14)) + 1 * math.log(1 / 2)) / 2
+    assert metrics.reference_kl(P, Q) == pytest.approx(kl, rel=1e-9)
+    # M = (P + Q) / 2 = [[1.5, 0.5], [0.5, 1.5]]; jsd_ref = 0.5 (KL(M||P) + KL(M||Q)), each / 2 rows
+    floor = -math.log(1e-14)
+    kl_m_p = (1.5 * math.log(1.5 / 2) + 0.5 * (math.log(0.5) + floor) + 0.5 * math.log(0.5) + 1.5 * math.log(1.5)) / 2
+    kl_m_q = (1.5 * math.log(1.5) + 0.5 * math.log(0.5) + 0.5 * (math.log(0.5) + floor) + 1.5 * math.log(1.5 / 2)) / 2
+    assert metrics.reference_jsd(P, Q) == pytest.approx(0.5 * (kl_m_p + kl_m_q), rel=1e-9)
+
+
+def test_gnelbo_hand_computed():
+    grid = np.array([1.0, 2.0, 3.0])
+    data = np.array([2.0, 2.0])
+    # each data value / (6 + 4) = 0.2, mean 0.2
+    assert metrics.grid_normalized_elbo(grid, data) == pytest.approx(0.2)
+
+
+def run_cli(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", "toy2d", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_short_run_writes_metrics_and_plots(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(
+        "--dataset", "rings", "--objective", "soft-intro", "--out", str(out), "--iters", "150", "--no-progress",
+        "vae_warmup_iters=50", "batch_size=128", "gnelbo_grid=64", "eval_samples=1000", "gnelbo_data_points=500",
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "metrics.json").read_text())
+    for key in ("kl", "jsd", "gnelbo", "kl_ref", "jsd_ref", "iters", "seconds"):
+        assert key in result
+    assert result["iters"] == 150
+    assert all(math.isfinite(result[k]) for k in ("kl", "jsd", "gnelbo", "kl_ref", "jsd_ref"))
+    assert 0 <= result["jsd"] <= math.log(2) + 1e-9
+    for png in ("real.png", "generated.png", "density.png", "summary.png", "history.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "batch_size: 128" in (out / "config.yaml").read_text()
+
+
+def test_bad_override_is_refused_before_work(tmp_path):
+    proc = run_cli("--out", str(tmp_path / "x"), "objective.beta_negg=1")
+    assert proc.returncode == 2
+    assert "objective.beta_negg" in proc.stderr and "unknown key" in proc.stderr
+    proc = run_cli("--out", str(tmp_path / "x"), "batch_size=-4")
+    assert proc.returncode == 2 and "batch_size" in proc.stderr
+    assert not (tmp_path / "x" / "metrics.json").exists()
+
+
+def test_all_writes_table_and_resumes(tmp_path):
+    args = ("--all", "--out", str(tmp_path), "--iters", "30", "--jobs", "2", "vae_warmup_iters=10", "batch_size=64",
+            "gnelbo_grid=32", "eval_samples=500", "gnelbo_data_points=100")
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert table.count("| 8gaussians |") == 3 and table.count("| soft-intro |") == 4
+    assert (tmp_path / "samples.png").exists() and (tmp_path / "density.png").exists()
+    stamp = (tmp_path / "rings-vae" / "metrics.json").stat().st_mtime_ns
+    proc = run_cli(*args)  # everything is finished: nothing reruns
+    assert proc.returncode == 0 and "runs to do" not in proc.stdout
+    assert (tmp_path / "rings-vae" / "metrics.json").stat().st_mtime_ns == stamp

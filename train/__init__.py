@@ -1,0 +1,1 @@
+"""Objectives, training steps, the trainer and the 2D toy study."""

@@ -1,0 +1,188 @@
+"""Train one (dataset, objective) pair of the 2D study and measure it.
+
+`run` is the whole experiment: seed, MLP encoder/decoder, Adam with step decay, the shared
+training steps of train.steps through a LocalBackend, then KL/JSD/gnELBO and the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.base import VAE
+from models.mlp import mlp_vae
+from train.backend import LocalBackend
+from train.config import dump_yaml, require
+from train.fileio import atomic_write, atomic_write_text
+from train.objectives import kl_divergence, reconstruction_error
+from train.schema import ObjectiveConfig
+from train.steps import training_step
+from train.toy2d import metrics, plots
+from train.toy2d.datasets import HALF_RANGE, SAMPLERS
+
+Dataset = Literal["8gaussians", "2spirals", "checkerboard", "rings"]
+
+
+@dataclass
+class Toy2DConfig:
+    dataset: Dataset = "8gaussians"
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    seed: int = 92
+    iters: int = 30_000
+    vae_warmup_iters: int = 2_000
+    batch_size: int = 512
+    lr: float = 2e-4
+    lr_milestones: list[int] = field(default_factory=lambda: [10_000, 15_000])
+    lr_decay: float = 0.1
+    latent_dim: int = 2
+    hidden: int = 256
+    hidden_layers: int = 3
+    eval_samples: int = 5_000
+    gnelbo_grid: int = 1024
+    gnelbo_data_points: int = 12_800
+    log_every: int = 100
+
+    def __post_init__(self) -> None:
+        for key in ("iters", "batch_size", "latent_dim", "hidden", "eval_samples", "gnelbo_grid", "log_every"):
+            require(getattr(self, key) > 0, key, "must be > 0")
+        for key in ("vae_warmup_iters", "hidden_layers", "gnelbo_data_points"):
+            require(getattr(self, key) >= 0, key, "must be >= 0")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(0 < self.lr_decay <= 1, "lr_decay", "must be in (0, 1]")
+        require(all(m > 0 for m in self.lr_milestones), "lr_milestones", "must be positive iterations")
+
+
+def build(cfg: Toy2DConfig) -> tuple[VAE, LocalBackend, list[torch.optim.lr_scheduler.LRScheduler]]:
+    model = mlp_vae(2, cfg.latent_dim, cfg.hidden, cfg.hidden_layers)
+    optimizers = {
+        name: torch.optim.Adam(getattr(model, name).parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        for name in ("encoder", "decoder")
+    }
+    schedulers = [
+        torch.optim.lr_scheduler.MultiStepLR(opt, cfg.lr_milestones, gamma=cfg.lr_decay)
+        for opt in optimizers.values()
+    ]
+    return model, LocalBackend(model, optimizers), schedulers
+
+
+def train(cfg: Toy2DConfig, progress: bool = True, on_iter=None) -> tuple[VAE, list[dict[str, float]], int]:
+    """Train from the seed; returns the model, the history logged every `log_every` iterations
+    and the number of updates skipped for a non-finite loss or gradient."""
+    torch.manual_seed(cfg.seed)
+    data_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    model, backend, schedulers = build(cfg)
+    sampler = SAMPLERS[cfg.dataset]
+    scale = cfg.objective.scale or 1.0 / model.input_dim()
+    history: list[dict[str, float]] = []
+    bar = tqdm(
+        range(cfg.iters),
+        desc=f"{cfg.dataset}/{cfg.objective.name}",
+        disable=not progress,
+        smoothing=0.05,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s
+    )
+    for it in bar:
+        x = sampler(cfg.batch_size, data_gen)
+        stats = training_step(backend, x, cfg.objective, scale, warmup=it < cfg.vae_warmup_iters)
+        for sched in schedulers:
+            sched.step()
+        if it % cfg.log_every == 0 or it == cfg.iters - 1:
+            row = {"iter": float(it), **{k: float(v) for k, v in stats.items()}}
+            history.append(row)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("rec", "kl_real", "kl_fake")})
+        if on_iter is not None:
+            on_iter()
+    return model, history, sum(backend.skipped.values())
+
+
+@torch.no_grad()
+def negative_elbo(model: VAE, points: torch.Tensor, batch: int = 65_536) -> torch.Tensor:
+    """-ELBO with beta_rec = beta_kl = 1 and z = mu, per point."""
+    out = []
+    for chunk in points.split(batch):
+        mu, logvar = model.encode(chunk)
+        out.append(reconstruction_error(chunk, model.decode(mu)) + kl_divergence(mu, logvar))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate(model: VAE, cfg: Toy2DConfig) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """KL/JSD (textbook and reference conventions) and gnELBO, from fresh samples."""
+    model.eval()
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    c = HALF_RANGE[cfg.dataset]
+    sampler = SAMPLERS[cfg.dataset]
+    real = sampler(cfg.eval_samples, gen).numpy()
+    fake = model.decode(torch.randn(cfg.eval_samples, cfg.latent_dim, generator=gen)).numpy()
+    result = metrics.sample_metrics(real, fake, c)
+
+    axis = torch.linspace(-2 * c, 2 * c, cfg.gnelbo_grid)
+    grid = torch.cartesian_prod(axis, axis)  # row i*n + j is (axis[i], axis[j])
+    neg_elbo_grid = negative_elbo(model, grid).numpy()
+    neg_elbo_data = negative_elbo(model, sampler(cfg.gnelbo_data_points, gen)).numpy()
+    result["gnelbo"] = metrics.grid_normalized_elbo(neg_elbo_grid, neg_elbo_data)
+    density = np.exp(-neg_elbo_grid.astype(np.float64)).reshape(cfg.gnelbo_grid, cfg.gnelbo_grid)
+    return result, {"real": real, "fake": fake, "density": density}
+
+
+def _pool(density: np.ndarray, size: int = 256) -> np.ndarray:
+    """Average-pool a square array down to at most `size` per side (for the table figure)."""
+    k = max(1, density.shape[0] // size)
+    n = density.shape[0] // k * k
+    return density[:n, :n].reshape(n // k, k, n // k, k).mean(axis=(1, 3))
+
+
+def run(
+    cfg: Toy2DConfig, out: str | Path, *, progress: bool = True, on_iter=None, threads: int | None = None
+) -> dict[str, float]:
+    """Train, evaluate and write config.yaml, metrics.json, history.json and the PNGs to `out`.
+
+    `threads` sets torch's intra-op threads (None keeps the current setting)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    dump_yaml(cfg, out / "config.yaml")
+    start = time.perf_counter()
+    model, history, skipped = train(cfg, progress=progress, on_iter=on_iter)
+    train_seconds = time.perf_counter() - start
+    result, arrays = evaluate(model, cfg)
+    result |= {
+        "dataset": cfg.dataset,
+        "objective": cfg.objective.name,
+        "iters": cfg.iters,
+        "seed": cfg.seed,
+        "seconds": time.perf_counter() - start,
+        "train_seconds": train_seconds,
+        "iters_per_second": cfg.iters / train_seconds,
+        "skipped_updates": skipped,
+    }
+    c = HALF_RANGE[cfg.dataset]
+    title = f"{cfg.dataset} / {cfg.objective.name}: KL {result['kl']:.3f}, JSD {result['jsd']:.3f}"
+    plots.scatter_png(arrays["real"], c, out / "real.png", "real", "tab:blue")
+    plots.scatter_png(arrays["fake"], c, out / "generated.png", "generated", "tab:green")
+    plots.density_png(arrays["density"], c, out / "density.png", "exp(ELBO)")
+    plots.summary_png(arrays["real"], arrays["fake"], arrays["density"], c, out / "summary.png", title)
+    plots.history_png(history, out / "history.png", title)
+    atomic_write(
+        out / "arrays.npz",
+        lambda f: np.savez_compressed(f, real=arrays["real"], fake=arrays["fake"], density=_pool(arrays["density"])),
+    )
+    atomic_write_text(out / "history.json", json.dumps(history))
+    # metrics.json last: its presence marks a finished run.
+    atomic_write_text(out / "metrics.json", json.dumps(_finite(result), indent=2))
+    return result
+
+
+def _finite(result: dict) -> dict:
+    """JSON has no NaN/inf: write them as strings so the file stays standard JSON."""
+    return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()}
