@@ -1,8 +1,10 @@
 """The one interface every architecture implements, so trainer and eval never special-case one.
 
-An encoder maps (x, lod, blend) -> (mu, logvar); a decoder maps (z, lod, blend) -> x.
+An encoder maps (x, lod, blend) -> (mu, logvar); a decoder maps (z, lod, blend, mixing) -> x.
 `lod` is the level of detail of progressive growing (0 = 4px) and `blend` the fade-in of
-that level in [0, 1]; architectures that do not grow ignore both.
+that level in [0, 1]; architectures that do not grow ignore both. `mixing=True` marks z as a
+prior sample: a style-based decoder in training mode may then apply style mixing (reconstructions
+are decoded with mixing=False); other architectures ignore it.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ class VAE(nn.Module):
     def encode(self, x: Tensor, lod: int | None = None, blend: float = 1.0) -> tuple[Tensor, Tensor]:
         return self.encoder(x, lod, blend)
 
-    def decode(self, z: Tensor, lod: int | None = None, blend: float = 1.0) -> Tensor:
-        return self.decoder(z, lod, blend)
+    def decode(self, z: Tensor, lod: int | None = None, blend: float = 1.0, mixing: bool = False) -> Tensor:
+        return self.decoder(z, lod, blend, mixing)
 
     def data_shape_at(self, lod: int | None = None) -> tuple[int, ...]:
         """Shape of one sample at level `lod` (images halve per level below the top)."""

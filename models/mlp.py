@@ -30,7 +30,7 @@ class MLPDecoder(nn.Module):
         super().__init__()
         self.net = _mlp(latent_dim, data_dim, hidden, hidden_layers)
 
-    def forward(self, z: Tensor, lod: int | None = None, blend: float = 1.0) -> Tensor:
+    def forward(self, z: Tensor, lod: int | None = None, blend: float = 1.0, mixing: bool = False) -> Tensor:
         return self.net(z)
 
 

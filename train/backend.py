@@ -57,7 +57,12 @@ class Backend:
 
     def decode(self, z: Tensor) -> Tensor:
         with self.autocast():
-            return self.callable("decoder")(z, self.lod, self.blend)
+            return self.callable("decoder")(z, self.lod, self.blend, False)
+
+    def generate(self, z_prior: Tensor) -> Tensor:
+        """Decode prior samples (style mixing allowed, unlike reconstructions)."""
+        with self.autocast():
+            return self.callable("decoder")(z_prior, self.lod, self.blend, True)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         dtype = AUTOCAST_DTYPES[self.precision]

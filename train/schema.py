@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from data_pipeline.config import DataConfig
+from models.config import ModelConfig
+from train.backend import Precision
 from train.config import require
 
 ObjectiveName = Literal["soft-intro", "intro", "vae"]
@@ -31,3 +34,88 @@ class ObjectiveConfig:
         for key in ("beta_rec", "beta_kl", "beta_neg", "gamma_r", "alpha", "margin"):
             require(getattr(self, key) >= 0, key, "must be >= 0")
         require(self.scale is None or self.scale > 0, "scale", "must be > 0 (or null for 1/input_dim)")
+
+
+@dataclass
+class LevelConfig:
+    """One level of the progressive schedule (DESIGN.md 3), counted in thousands of images."""
+
+    resolution: int
+    fade_in_kimg: float = 0.0  # blend ramps 0 -> 1 over this many kimg after the level starts
+    stable_kimg: float = 0.0  # then trains at blend = 1
+    batch: int = 32  # global batch (all ranks, after gradient accumulation)
+    lr: float = 2e-4
+    beta_neg: float | None = None  # null: objective.beta_neg
+
+    def __post_init__(self) -> None:
+        r = self.resolution
+        require(4 <= r <= 1024 and r & (r - 1) == 0, "resolution", "must be a power of two in [4, 1024]")
+        require(self.fade_in_kimg >= 0 and self.stable_kimg >= 0, "stable_kimg", "kimg must be >= 0")
+        require(self.batch > 0, "batch", "must be > 0")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(self.beta_neg is None or self.beta_neg >= 0, "beta_neg", "must be >= 0")
+
+
+@dataclass
+class OptimizerConfig:
+    betas: tuple[float, float] = (0.0, 0.99)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        require(all(0.0 <= b < 1.0 for b in self.betas), "betas", "must be in [0, 1)")
+        require(self.eps > 0, "eps", "must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    schedule: list[LevelConfig] = field(default_factory=lambda: [LevelConfig(resolution=4)])
+    seed: int = 0
+    total_kimg: float | None = None  # null: run to the end of the schedule
+    vae_warmup_kimg: float = 0.0  # plain-VAE updates of both nets for the first images
+    per_device_batch: int | None = None  # null: global batch / world size (no accumulation)
+    precision: Precision = "fp32"
+    ema_halflife_kimg: float = 10.0
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    reset_optimizer_on_level: bool = True
+    grad_clip: float | None = None
+    max_consecutive_skips: int = 50  # then roll back to the last good checkpoint
+    checkpoint_every_kimg: float = 10.0
+    keep_checkpoints: int = 3
+    snapshot_every_kimg: float = 50.0
+    sample_every_kimg: float = 5.0
+    log_every_kimg: float = 1.0
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        require(len(self.schedule) > 0, "schedule", "needs at least one level")
+        for prev, cur in zip(self.schedule, self.schedule[1:]):
+            require(cur.resolution == 2 * prev.resolution, "schedule", "resolutions must double from level to level")
+        require(self.total_kimg is None or self.total_kimg > 0, "total_kimg", "must be > 0 (or null)")
+        require(self.vae_warmup_kimg >= 0, "vae_warmup_kimg", "must be >= 0")
+        require(self.per_device_batch is None or self.per_device_batch > 0, "per_device_batch", "must be > 0")
+        require(self.ema_halflife_kimg >= 0, "ema_halflife_kimg", "must be >= 0")
+        require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "must be > 0 (or null)")
+        require(self.max_consecutive_skips > 0, "max_consecutive_skips", "must be > 0")
+        require(self.keep_checkpoints > 0, "keep_checkpoints", "must be > 0")
+        for key in ("checkpoint_every_kimg", "snapshot_every_kimg", "sample_every_kimg", "log_every_kimg"):
+            require(getattr(self, key) > 0, key, "must be > 0")
+
+
+@dataclass
+class RunConfig:
+    """A whole training run: what `sivae train CONFIG` reads and writes to the run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.arch != "mlp":
+            top = self.train.schedule[-1].resolution
+            require(
+                top <= self.model.max_resolution,
+                "train.schedule",
+                f"the last level ({top}px) exceeds model.max_resolution ({self.model.max_resolution}px)",
+            )

@@ -1,7 +1,8 @@
 """One training iteration per objective, written once for every backend and architecture.
 
-Each step draws its own prior samples, runs the forward passes through `backend.encode` /
-`backend.decode` (which apply the current level, device and precision), computes the loss with
+Each step draws its own prior samples, runs the forward passes through `backend.encode`,
+`backend.decode` and `backend.generate` (prior samples; these apply the current level, device
+and precision), computes the loss with
 the pure functions of train.objectives, and calls `backend.update`. It returns the detached
 loss terms for logging (no host sync here: the loop decides when to read them).
 """
@@ -48,7 +49,7 @@ def soft_intro_step(backend: Backend, x: Tensor, cfg: ObjectiveConfig, scale: fl
 
     # Encoder step: the decoder is frozen, but the exp terms reach the encoder through it.
     with backend.train_only("encoder"):
-        fake = backend.decode(z_prior)
+        fake = backend.generate(z_prior)
         mu, logvar = backend.encode(x)
         z = reparameterize(mu, logvar)
         rec = backend.decode(z)
@@ -66,7 +67,7 @@ def soft_intro_step(backend: Backend, x: Tensor, cfg: ObjectiveConfig, scale: fl
 
     # Decoder step: the encoder is frozen, but gradients flow through it into the decoder.
     with backend.train_only("decoder"):
-        fake = backend.decode(z_prior)
+        fake = backend.generate(z_prior)
         rec = backend.decode(z.detach())
         mu_rec, logvar_rec = backend.encode(rec)
         mu_fake, logvar_fake = backend.encode(fake)
@@ -87,7 +88,7 @@ def intro_step(backend: Backend, x: Tensor, cfg: ObjectiveConfig, scale: float =
     z_prior = _prior(backend, x)
 
     with backend.train_only("encoder"):
-        fake = backend.decode(z_prior)
+        fake = backend.generate(z_prior)
         mu, logvar = backend.encode(x)
         z = reparameterize(mu, logvar)
         rec = backend.decode(z)
@@ -101,7 +102,7 @@ def intro_step(backend: Backend, x: Tensor, cfg: ObjectiveConfig, scale: float =
         backend.update("encoder", loss_e)
 
     with backend.train_only("decoder"):
-        fake = backend.decode(z_prior)
+        fake = backend.generate(z_prior)
         rec = backend.decode(z.detach())
         mu_rec, logvar_rec = backend.encode(rec)
         mu_fake, logvar_fake = backend.encode(fake)

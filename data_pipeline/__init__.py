@@ -1,0 +1,1 @@
+"""Image sources, WebDataset shards at every resolution level, and streaming loaders."""

@@ -1,0 +1,19 @@
+"""The `data:` section of a run config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from train.config import require
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/emoji"  # a built data set: the directory holding manifest.json
+    workers: int = 2  # loader worker processes per rank
+    shuffle_buffer: int = 1000
+    flip: bool = True  # random horizontal flip of training images
+
+    def __post_init__(self) -> None:
+        require(self.workers >= 0, "workers", "must be >= 0")
+        require(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
