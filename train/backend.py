@@ -86,9 +86,18 @@ class Backend:
         finally:
             self.trainable = "both"
 
-    def update(self, net: Net, loss: Tensor) -> bool:
-        """Backward and step the optimizer(s) of `net`; skip (and count) a non-finite loss or
-        gradient. Returns whether the step was applied."""
+    def accumulating(self, last: bool) -> contextlib.AbstractContextManager:
+        """Wraps one micro-batch's forward and backward; gradients are synchronised across
+        processes only on the last micro-batch of an update."""
+        return contextlib.nullcontext()
+
+    def backward(self, net: Net, loss: Tensor) -> None:
+        """Accumulate the gradient of one micro-batch's (already averaged) loss into `net`."""
+        raise NotImplementedError
+
+    def step(self, net: Net) -> bool:
+        """Apply the accumulated gradients of `net`, unless a loss or gradient was non-finite (then
+        count the skip). Clears the gradients either way; returns whether the update was applied."""
         raise NotImplementedError
 
     def record(self, net: Net, applied: bool) -> bool:
@@ -121,30 +130,38 @@ class LocalBackend(Backend):
         # VAE warm-up update (one backward cannot be scaled by two different factors).
         enabled = precision == "fp16"
         self.scalers = {k: torch.amp.GradScaler(self.device.type, enabled=enabled) for k in self.skipped}
+        self._losses_finite: Tensor | None = None
 
-    def _names(self, net: Net) -> list[str]:
-        return ["encoder", "decoder"] if net == "both" else [net]
+    def _optimizers(self, net: Net) -> list[torch.optim.Optimizer]:
+        return list(self.optimizers.values()) if net == "both" else [self.optimizers[net]]
 
-    def loss_is_finite(self, loss: Tensor) -> bool:
-        return bool(torch.isfinite(loss.detach()))
+    def backward(self, net: Net, loss: Tensor) -> None:
+        finite = torch.isfinite(loss.detach())  # a device tensor: read once, at step time
+        self._losses_finite = finite if self._losses_finite is None else self._losses_finite & finite
+        self.scalers[net].scale(loss).backward()
 
-    def update(self, net: Net, loss: Tensor) -> bool:
-        optimizers = [self.optimizers[n] for n in self._names(net)]
-        scaler = self.scalers[net]
-        applied = self.loss_is_finite(loss)
+    def agree(self, flag: Tensor) -> bool:
+        """Whether `flag` holds (on every process, for the distributed backends)."""
+        return bool(flag)
+
+    def step(self, net: Net) -> bool:
+        optimizers, scaler = self._optimizers(net), self.scalers[net]
+        for opt in optimizers:
+            scaler.unscale_(opt)
+        params = [p for opt in optimizers for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        finite = torch.isfinite(norm)
+        if self._losses_finite is not None:
+            finite = finite & self._losses_finite
+        applied = self.agree(finite)
         if applied:
-            scaler.scale(loss).backward()
-            for opt in optimizers:
-                scaler.unscale_(opt)
-            params = [p for opt in optimizers for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
-            applied = bool(torch.isfinite(norm))
-            if applied and self.grad_clip:
+            if self.grad_clip:
                 torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
-            if applied:
-                for opt in optimizers:
-                    scaler.step(opt)
-            scaler.update()
+            for opt in optimizers:
+                scaler.step(opt)
+        scaler.update()
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
+        self._losses_finite = None
         return self.record(net, applied)

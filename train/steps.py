@@ -1,20 +1,24 @@
 """One training iteration per objective, written once for every backend and architecture.
 
-Each step draws its own prior samples, runs the forward passes through `backend.encode`,
-`backend.decode` and `backend.generate` (prior samples; these apply the current level, device
-and precision), computes the loss with
-the pure functions of train.objectives, and calls `backend.update`. It returns the detached
-loss terms for logging (no host sync here: the loop decides when to read them).
+An objective is a list of phases, each training one net: Soft-IntroVAE and IntroVAE update the
+encoder, then the decoder (DESIGN.md 2.1, 2.2); the VAE updates both at once. A phase function
+computes one micro-batch's loss through `backend.encode` / `decode` / `generate` (which apply the
+current level, device and precision) with the pure functions of train.objectives, and passes a
+value (the encoder's z) on to the next phase. `training_step` runs the phases, accumulating
+gradients over the micro-batches of one global batch before each update. Stats come back as
+detached tensors (no host sync here: the loop decides when to read them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from train.backend import Backend
+from train.backend import Backend, Net
 from train.objectives import (
     intro_decoder_loss,
     intro_encoder_loss,
@@ -27,6 +31,8 @@ from train.objectives import (
 from train.schema import ObjectiveConfig
 
 Stats = dict[str, Tensor]
+# phase(backend, x, z_prior, carried, cfg, scale) -> (loss, stats, value carried to the next phase)
+Phase = Callable[[Backend, Tensor, Tensor, Tensor | None, ObjectiveConfig, float], tuple[Tensor, Stats, Tensor | None]]
 
 
 def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -34,103 +40,125 @@ def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
     return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
 
-def _prior(backend: Backend, x: Tensor) -> Tensor:
-    return torch.randn(x.shape[0], backend.latent_dim, device=x.device)
+def soft_intro_encoder(backend: Backend, x: Tensor, z_prior: Tensor, _, cfg: ObjectiveConfig, scale: float):
+    """Encoder phase: the decoder is frozen, but the exp terms reach the encoder through it."""
+    err = functools.partial(reconstruction_error, kind=cfg.reconstruction)
+    fake = backend.generate(z_prior)
+    mu, logvar = backend.encode(x)
+    z = reparameterize(mu, logvar)
+    rec = backend.decode(z)
+    mu_rec, logvar_rec = backend.encode(rec.detach())
+    rec_rec = backend.decode(reparameterize(mu_rec, logvar_rec))
+    mu_fake, logvar_fake = backend.encode(fake.detach())
+    rec_fake = backend.decode(reparameterize(mu_fake, logvar_fake))
+    loss, stats = soft_intro_encoder_loss(
+        err(x, rec), kl_divergence(mu, logvar),
+        err(rec, rec_rec), kl_divergence(mu_rec, logvar_rec),
+        err(fake, rec_fake), kl_divergence(mu_fake, logvar_fake),
+        scale=scale, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, beta_neg=cfg.beta_neg,
+    )
+    return loss, stats, z.detach()
 
 
-def _detached(*term_dicts: Stats) -> Stats:
-    return {k: v.detach() for terms in term_dicts for k, v in terms.items()}
+def soft_intro_decoder(backend: Backend, x: Tensor, z_prior: Tensor, z: Tensor, cfg: ObjectiveConfig, scale: float):
+    """Decoder phase: the encoder is frozen, but gradients flow through it into the decoder."""
+    err = functools.partial(reconstruction_error, kind=cfg.reconstruction)
+    fake = backend.generate(z_prior)
+    rec = backend.decode(z)
+    mu_rec, logvar_rec = backend.encode(rec)
+    mu_fake, logvar_fake = backend.encode(fake)
+    rec_rec = backend.decode(reparameterize(mu_rec, logvar_rec).detach())
+    rec_fake = backend.decode(reparameterize(mu_fake, logvar_fake).detach())
+    loss, stats = soft_intro_decoder_loss(
+        err(x, rec), kl_divergence(mu_rec, logvar_rec), kl_divergence(mu_fake, logvar_fake),
+        err(rec.detach(), rec_rec), err(fake.detach(), rec_fake),
+        scale=scale, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, gamma_r=cfg.gamma_r,
+    )
+    return loss, stats, None
+
+
+def intro_encoder(backend: Backend, x: Tensor, z_prior: Tensor, _, cfg: ObjectiveConfig, scale: float):
+    """IntroVAE encoder phase: hinge on the KL of the detached reconstruction and sample."""
+    fake = backend.generate(z_prior)
+    mu, logvar = backend.encode(x)
+    z = reparameterize(mu, logvar)
+    rec = backend.decode(z)
+    mu_rec, logvar_rec = backend.encode(rec.detach())
+    mu_fake, logvar_fake = backend.encode(fake.detach())
+    loss, stats = intro_encoder_loss(
+        reconstruction_error(x, rec, cfg.reconstruction), kl_divergence(mu, logvar),
+        kl_divergence(mu_rec, logvar_rec), kl_divergence(mu_fake, logvar_fake),
+        margin=cfg.margin, alpha=cfg.alpha, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl,
+    )
+    return loss, stats, z.detach()
+
+
+def intro_decoder(backend: Backend, x: Tensor, z_prior: Tensor, z: Tensor, cfg: ObjectiveConfig, scale: float):
+    """IntroVAE decoder phase: make the frozen encoder give low KL to reconstructions and samples."""
+    fake = backend.generate(z_prior)
+    rec = backend.decode(z)
+    mu_rec, logvar_rec = backend.encode(rec)
+    mu_fake, logvar_fake = backend.encode(fake)
+    loss, stats = intro_decoder_loss(
+        reconstruction_error(x, rec, cfg.reconstruction),
+        kl_divergence(mu_rec, logvar_rec), kl_divergence(mu_fake, logvar_fake),
+        alpha=cfg.alpha, beta_rec=cfg.beta_rec,
+    )
+    return loss, stats, None
+
+
+def vae_both(backend: Backend, x: Tensor, z_prior: Tensor, _, cfg: ObjectiveConfig, scale: float):
+    """The plain VAE (and the warm-up of the adversarial objectives): one ELBO, both nets."""
+    mu, logvar = backend.encode(x)
+    rec = backend.decode(reparameterize(mu, logvar))
+    loss, stats = vae_loss(
+        reconstruction_error(x, rec, cfg.reconstruction), kl_divergence(mu, logvar),
+        beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl,
+    )
+    return loss, stats, None
+
+
+OBJECTIVES: dict[str, list[tuple[Net, Phase]]] = {
+    "soft-intro": [("encoder", soft_intro_encoder), ("decoder", soft_intro_decoder)],
+    "intro": [("encoder", intro_encoder), ("decoder", intro_decoder)],
+    "vae": [("both", vae_both)],
+}
+
+
+def training_step(
+    backend: Backend, batch: Tensor | Sequence[Tensor], cfg: ObjectiveConfig, scale: float, warmup: bool = False
+) -> Stats:
+    """One iteration over a global batch given as one tensor or as equal micro-batches.
+
+    Each phase accumulates gradients over all micro-batches, then updates its net once; the
+    prior samples of a micro-batch are shared by its phases, as in the reference.
+    """
+    micro_batches = [batch] if isinstance(batch, Tensor) else list(batch)
+    n = len(micro_batches)
+    # one draw for the global batch, split: the prior samples do not depend on the micro-batching
+    sizes = [len(x) for x in micro_batches]
+    z_priors = torch.randn(sum(sizes), backend.latent_dim, device=micro_batches[0].device).split(sizes)
+    carried: list[Tensor | None] = [None] * n
+    totals: Stats = {}
+    for net, phase in OBJECTIVES["vae" if warmup else cfg.name]:
+        with backend.train_only(net):
+            for i, x in enumerate(micro_batches):
+                with backend.accumulating(last=i == n - 1):
+                    loss, stats, carried[i] = phase(backend, x, z_priors[i], carried[i], cfg, scale)
+                    backend.backward(net, loss / n)
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + value.detach() / n
+            backend.step(net)
+    return totals
 
 
 def soft_intro_step(backend: Backend, x: Tensor, cfg: ObjectiveConfig, scale: float) -> Stats:
-    """Soft-IntroVAE, DESIGN.md 2.1: encoder update, then decoder update, same prior samples."""
-    err = functools.partial(reconstruction_error, kind=cfg.reconstruction)
-    z_prior = _prior(backend, x)
-
-    # Encoder step: the decoder is frozen, but the exp terms reach the encoder through it.
-    with backend.train_only("encoder"):
-        fake = backend.generate(z_prior)
-        mu, logvar = backend.encode(x)
-        z = reparameterize(mu, logvar)
-        rec = backend.decode(z)
-        mu_rec, logvar_rec = backend.encode(rec.detach())
-        rec_rec = backend.decode(reparameterize(mu_rec, logvar_rec))
-        mu_fake, logvar_fake = backend.encode(fake.detach())
-        rec_fake = backend.decode(reparameterize(mu_fake, logvar_fake))
-        loss_e, terms_e = soft_intro_encoder_loss(
-            err(x, rec), kl_divergence(mu, logvar),
-            err(rec, rec_rec), kl_divergence(mu_rec, logvar_rec),
-            err(fake, rec_fake), kl_divergence(mu_fake, logvar_fake),
-            scale=scale, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, beta_neg=cfg.beta_neg,
-        )
-        backend.update("encoder", loss_e)
-
-    # Decoder step: the encoder is frozen, but gradients flow through it into the decoder.
-    with backend.train_only("decoder"):
-        fake = backend.generate(z_prior)
-        rec = backend.decode(z.detach())
-        mu_rec, logvar_rec = backend.encode(rec)
-        mu_fake, logvar_fake = backend.encode(fake)
-        rec_rec = backend.decode(reparameterize(mu_rec, logvar_rec).detach())
-        rec_fake = backend.decode(reparameterize(mu_fake, logvar_fake).detach())
-        loss_d, terms_d = soft_intro_decoder_loss(
-            err(x, rec), kl_divergence(mu_rec, logvar_rec), kl_divergence(mu_fake, logvar_fake),
-            err(rec.detach(), rec_rec), err(fake.detach(), rec_fake),
-            scale=scale, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, gamma_r=cfg.gamma_r,
-        )
-        backend.update("decoder", loss_d)
-    return _detached(terms_e, terms_d)
+    return training_step(backend, x, dataclasses.replace(cfg, name="soft-intro"), scale)
 
 
 def intro_step(backend: Backend, x: Tensor, cfg: ObjectiveConfig, scale: float = 1.0) -> Stats:
-    """IntroVAE, DESIGN.md 2.2: hinge on the KL of detached reconstructions and samples."""
-    err = functools.partial(reconstruction_error, kind=cfg.reconstruction)
-    z_prior = _prior(backend, x)
-
-    with backend.train_only("encoder"):
-        fake = backend.generate(z_prior)
-        mu, logvar = backend.encode(x)
-        z = reparameterize(mu, logvar)
-        rec = backend.decode(z)
-        mu_rec, logvar_rec = backend.encode(rec.detach())
-        mu_fake, logvar_fake = backend.encode(fake.detach())
-        loss_e, terms_e = intro_encoder_loss(
-            err(x, rec), kl_divergence(mu, logvar),
-            kl_divergence(mu_rec, logvar_rec), kl_divergence(mu_fake, logvar_fake),
-            margin=cfg.margin, alpha=cfg.alpha, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl,
-        )
-        backend.update("encoder", loss_e)
-
-    with backend.train_only("decoder"):
-        fake = backend.generate(z_prior)
-        rec = backend.decode(z.detach())
-        mu_rec, logvar_rec = backend.encode(rec)
-        mu_fake, logvar_fake = backend.encode(fake)
-        loss_d, terms_d = intro_decoder_loss(
-            err(x, rec), kl_divergence(mu_rec, logvar_rec), kl_divergence(mu_fake, logvar_fake),
-            alpha=cfg.alpha, beta_rec=cfg.beta_rec,
-        )
-        backend.update("decoder", loss_d)
-    return _detached(terms_e, terms_d)
+    return training_step(backend, x, dataclasses.replace(cfg, name="intro"), scale)
 
 
 def vae_step(backend: Backend, x: Tensor, cfg: ObjectiveConfig, scale: float = 1.0) -> Stats:
-    """The plain VAE (and the warm-up of the adversarial objectives): both nets, one ELBO."""
-    with backend.train_only("both"):
-        mu, logvar = backend.encode(x)
-        rec = backend.decode(reparameterize(mu, logvar))
-        loss, terms = vae_loss(
-            reconstruction_error(x, rec, cfg.reconstruction), kl_divergence(mu, logvar),
-            beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl,
-        )
-        backend.update("both", loss)
-    return _detached(terms)
-
-
-STEPS = {"soft-intro": soft_intro_step, "intro": intro_step, "vae": vae_step}
-
-
-def training_step(backend: Backend, x: Tensor, cfg: ObjectiveConfig, scale: float, warmup: bool) -> Stats:
-    """The step of `cfg.name`, or the plain VAE step while warming up."""
-    step = vae_step if warmup else STEPS[cfg.name]
-    return step(backend, x, cfg, scale)
+    return training_step(backend, x, cfg, scale, warmup=True)

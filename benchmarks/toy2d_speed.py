@@ -1,0 +1,119 @@
+"""Speed of the 2D study's training iteration against the machine's arithmetic limit.
+
+Prints, for the reference preset (batch 512, MLPs of 3 x 256 hidden units):
+- iterations/s of the Soft-IntroVAE, IntroVAE and VAE steps at 1 and 2 threads,
+- FLOPs per iteration (counted by torch's FlopCounterMode) and the achieved GFLOP/s,
+- the machine's fp32 GEMM rate on the same matrix shapes (the practical ceiling),
+- where the time goes (matrix products vs everything else, from the profiler),
+- the projected time of a full 30k-iteration run (2k VAE warm-up + 28k adversarial).
+
+    python benchmarks/toy2d_speed.py [--iters 60] [--threads 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from train.schema import ObjectiveConfig
+from train.steps import training_step
+from train.toy2d.datasets import SAMPLERS
+from train.toy2d.study import Toy2DConfig, build
+
+PRESET = ObjectiveConfig(name="soft-intro", beta_kl=0.3, beta_rec=0.2, beta_neg=0.9, gamma_r=1e-8)
+
+
+def setup(objective: str):
+    cfg = Toy2DConfig(objective=ObjectiveConfig(**{**PRESET.__dict__, "name": objective}))
+    torch.manual_seed(0)
+    _, backend, _ = build(cfg)
+    x = SAMPLERS["8gaussians"](cfg.batch_size, torch.Generator().manual_seed(0))
+    return cfg, backend, x
+
+
+def its_per_second(objective: str, warmup: bool, iters: int) -> float:
+    cfg, backend, x = setup(objective)
+    for _ in range(5):
+        training_step(backend, x, cfg.objective, 0.5, warmup)
+    start = time.perf_counter()
+    for _ in range(iters):
+        training_step(backend, x, cfg.objective, 0.5, warmup)
+    return iters / (time.perf_counter() - start)
+
+
+def flops_per_iteration(objective: str, warmup: bool) -> int:
+    cfg, backend, x = setup(objective)
+    with FlopCounterMode(display=False) as counter:
+        training_step(backend, x, cfg.objective, 0.5, warmup)
+    return counter.get_total_flops()
+
+
+def gemm_rate(iters: int = 300) -> float:
+    """GFLOP/s of the iteration's dominant product, [512, 256] @ [256, 256]."""
+    a, w = torch.randn(512, 256), torch.randn(256, 256)
+    for _ in range(20):
+        a @ w
+    start = time.perf_counter()
+    for _ in range(iters):
+        a @ w
+    return 2 * 512 * 256 * 256 * iters / (time.perf_counter() - start) / 1e9
+
+
+def time_split(objective: str, iters: int = 20) -> dict[str, float]:
+    """Share of profiled CPU time per op family (matrix products, elementwise, optimizer)."""
+    cfg, backend, x = setup(objective)
+    for _ in range(3):
+        training_step(backend, x, cfg.objective, 0.5, False)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            training_step(backend, x, cfg.objective, 0.5, False)
+    total, families = 0.0, {"matmul (mm/addmm)": 0.0, "elementwise + reductions": 0.0, "optimizer": 0.0}
+    for event in prof.key_averages():
+        t = event.self_cpu_time_total
+        if event.key.startswith("aten::"):
+            total += t
+            key = "matmul (mm/addmm)" if event.key in ("aten::mm", "aten::addmm") else "elementwise + reductions"
+            families[key] += t
+        elif event.key.startswith("Optimizer."):
+            families["optimizer"] += t
+    return {k: v / total for k, v in families.items() if total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=60)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}")
+    flops = {o: flops_per_iteration(o, False) for o in ("soft-intro", "intro", "vae")}
+    print("\nFLOPs per iteration (batch 512): " + ", ".join(f"{o} {f / 1e9:.2f} GFLOP" for o, f in flops.items()))
+
+    print("\n| threads | GEMM ceiling GFLOP/s | objective | it/s | achieved GFLOP/s | % of ceiling | 30k-run minutes |")
+    print("|---|---|---|---|---|---|---|")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        ceiling = gemm_rate()
+        rates = {o: its_per_second(o, False, args.iters) for o in flops}
+        warmup_rate = its_per_second("soft-intro", True, args.iters)
+        for objective, rate in rates.items():
+            achieved = flops[objective] * rate / 1e9
+            # the adversarial objectives run 2k VAE warm-up iterations first (DESIGN.md 2.3)
+            warm = 0 if objective == "vae" else 2000
+            minutes = (warm / warmup_rate + (30_000 - warm) / rate) / 60
+            print(
+                f"| {threads} | {ceiling:.0f} | {objective} | {rate:.1f} | {achieved:.0f} "
+                f"| {100 * achieved / ceiling:.0f}% | {minutes:.1f} |"
+            )
+    torch.set_num_threads(max(args.threads))
+    print("\nwhere the time goes (soft-intro, profiled CPU time by op family):")
+    for family, share in time_split("soft-intro").items():
+        print(f"  {family:28s} {100 * share:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()
