@@ -25,8 +25,10 @@ class ObjectiveConfig:
     beta_kl: float = 1.0
     beta_neg: float = 1.0
     gamma_r: float = 1e-8
-    # s of DESIGN.md 2: null means 1 / input_dim (C*H*W) of the data the model sees.
+    # s of DESIGN.md 2: null means 1 / input_dim (C*H*W) at the model's top resolution for every level
+    # (the reference's fixed s); scale_per_resolution uses the current level's input_dim instead.
     scale: float | None = None
+    scale_per_resolution: bool = False
     margin: float = 120.0
     alpha: float = 0.25
 
@@ -79,6 +81,7 @@ class TrainConfig:
     reset_optimizer_on_level: bool = True
     grad_clip: float | None = None
     max_consecutive_skips: int = 50  # then roll back to the last good checkpoint
+    max_rollbacks: int = 1  # diverging again after this many rollbacks stops the run
     checkpoint_every_kimg: float = 10.0
     keep_checkpoints: int = 3
     snapshot_every_kimg: float = 50.0
@@ -97,6 +100,7 @@ class TrainConfig:
         require(self.ema_halflife_kimg >= 0, "ema_halflife_kimg", "must be >= 0")
         require(self.grad_clip is None or self.grad_clip > 0, "grad_clip", "must be > 0 (or null)")
         require(self.max_consecutive_skips > 0, "max_consecutive_skips", "must be > 0")
+        require(self.max_rollbacks >= 0, "max_rollbacks", "must be >= 0")
         require(self.keep_checkpoints > 0, "keep_checkpoints", "must be > 0")
         for key in ("checkpoint_every_kimg", "snapshot_every_kimg", "sample_every_kimg", "log_every_kimg"):
             require(getattr(self, key) > 0, key, "must be > 0")

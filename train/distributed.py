@@ -1,0 +1,130 @@
+"""Processes and devices: the single-process setup and the Accelerate (DDP) backend.
+
+Accelerate starts the processes (`accelerate launch`), joins the process group and places the
+device; the training step stays the one of train.steps. Each network is wrapped in its own DDP
+(the trainer updates them separately). The frozen net of a phase is called bare, so DDP never
+waits for gradients it cannot get; parameters of inactive levels are found unused each step.
+Autocast and loss scaling stay ours (Accelerator(mixed_precision="no")), so every backend
+computes the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from models.base import VAE
+from train.backend import LocalBackend, Precision
+
+BackendName = Literal["single", "accelerate"]
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def default_device(local_rank: int = 0) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def single_process_env(device: str = "auto") -> DistEnv:
+    return DistEnv(0, 1, 0, default_device() if device == "auto" else torch.device(device))
+
+
+def launched_by_distributed_launcher() -> bool:
+    """True under accelerate launch / torchrun / deepspeed (they export WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+class AccelerateBackend(LocalBackend):
+    """Multi-process data parallel through Accelerate: one DDP wrapper per network."""
+
+    def __init__(
+        self,
+        model: VAE,
+        optimizers: dict[str, torch.optim.Optimizer],
+        accelerator,
+        *,
+        precision: Precision = "fp32",
+        grad_clip: float | None = None,
+    ):
+        super().__init__(model, optimizers, device=accelerator.device, precision=precision, grad_clip=grad_clip)
+        self.accelerator = accelerator
+        self.wrapped: dict[str, nn.Module] = {
+            name: accelerator.prepare_model(getattr(model, name), device_placement=True)
+            for name in ("encoder", "decoder")
+        }
+
+    def callable(self, name: Literal["encoder", "decoder"]) -> nn.Module:
+        trains = self.trainable in (name, "both")
+        return self.wrapped[name] if trains else getattr(self.model, name)
+
+    def accumulating(self, last: bool) -> contextlib.AbstractContextManager:
+        if last:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for name in ("encoder", "decoder"):
+            if self.trainable in (name, "both") and hasattr(self.wrapped[name], "no_sync"):
+                stack.enter_context(self.wrapped[name].no_sync())
+        return stack
+
+    def agree(self, flag: Tensor) -> bool:
+        flag = flag.to(self.device, torch.int32).reshape(1)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+
+def make_accelerator(cpu: bool):
+    """An Accelerator for our use: no mixed precision, DDP that tolerates unused parameters."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision="no",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=True)],
+    )
+
+
+def accelerate_env(accelerator) -> DistEnv:
+    return DistEnv(
+        accelerator.process_index, accelerator.num_processes, accelerator.local_process_index, accelerator.device
+    )
+
+
+def all_gather_objects(obj, world_size: int) -> list:
+    if world_size == 1:
+        return [obj]
+    out = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, world_size: int):
+    if world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()
+

@@ -1,0 +1,95 @@
+"""What a person watching a run sees: TensorBoard scalars and image grids, PNG grids in
+samples/, and one console line per log interval (kimg, level, images/s, ETA, main losses)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+
+from train.images import grid, save_png
+from train.run_dir import RunDir
+from train.schedule import Position
+from train.schema import RunConfig
+
+CONSOLE_TERMS = ("rec", "kl_real", "kl_fake", "diff_kl", "exp_elbo_fake", "loss_vae")
+
+
+def format_duration(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{days}d {hours:02d}:{minutes:02d}:{secs:02d}" if days else f"{hours:d}:{minutes:02d}:{secs:02d}"
+
+
+class Logger:
+    def __init__(self, run_dir: RunDir, cfg: RunConfig, env, total_images: int):
+        self.run_dir, self.cfg, self.total_images = run_dir, cfg, total_images
+        self.writer = SummaryWriter(log_dir=str(run_dir.tb))
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+        self.skipped_samples = 0
+        self.last_time, self.last_images = time.perf_counter(), None
+
+    def accumulate(self, stats: dict[str, Tensor], skipped_samples: int) -> None:
+        for key, value in stats.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+        self.skipped_samples += skipped_samples
+
+    def write_scalars(self, images: int, pos: Position, lr: float, skipped_updates: dict[str, int], memory: int):
+        kimg = images / 1000
+        now = time.perf_counter()
+        rate = 0.0 if self.last_images is None else (images - self.last_images) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_images = now, images
+        means = {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}  # one host sync per interval
+        step = images
+        for key, value in means.items():
+            self.writer.add_scalar(f"loss/{key}", value, step)
+        self.writer.add_scalar("progress/kimg", kimg, step)
+        self.writer.add_scalar("progress/lod", pos.lod, step)
+        self.writer.add_scalar("progress/resolution", pos.resolution, step)
+        self.writer.add_scalar("progress/blend", pos.blend, step)
+        self.writer.add_scalar("progress/lr", lr, step)
+        self.writer.add_scalar("speed/images_per_second", rate, step)
+        self.writer.add_scalar("resources/memory_gib", memory / 2**30, step)
+        self.writer.add_scalar("data/skipped_samples", self.skipped_samples, step)
+        for net, count in skipped_updates.items():
+            self.writer.add_scalar(f"skipped_updates/{net}", count, step)
+        self.writer.flush()
+        eta = (self.total_images - images) / rate if rate > 0 else float("inf")
+        terms = "  ".join(f"{k} {means[k]:.4g}" for k in CONSOLE_TERMS if k in means)
+        print(
+            f"kimg {kimg:9.3f}/{self.total_images / 1000:.1f}  {pos.resolution:4d}px blend {pos.blend:.2f}  "
+            f"{rate:7.1f} img/s  ETA {format_duration(eta)}  {terms}",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.sums, self.count = {}, 0
+
+    def write_images(self, images: int, samples: Tensor, reconstructions: Tensor | None) -> None:
+        """Samples from fixed z, and test images over their reconstructions."""
+        sample_grid = grid(samples, columns=8)
+        save_png(sample_grid, self.run_dir.samples / f"samples-{images:012d}.png", upscale_to=512)
+        self.writer.add_image("samples", torch.from_numpy(sample_grid), images, dataformats="HWC")
+        if reconstructions is not None:
+            columns = reconstructions.shape[0] // 2
+            recon_grid = grid(reconstructions, columns=max(1, columns))
+            save_png(recon_grid, self.run_dir.samples / f"reconstructions-{images:012d}.png", upscale_to=512)
+            self.writer.add_image("reconstructions", torch.from_numpy(recon_grid), images, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def latest_grid(samples_dir: Path, kind: str = "samples") -> Path | None:
+    paths = sorted(Path(samples_dir).glob(f"{kind}-*.png"))
+    return paths[-1] if paths else None

@@ -1,0 +1,79 @@
+"""The run directory (DESIGN.md 4): config.yaml, checkpoints/, snapshots/, tb/, samples/.
+
+Starting a run in a directory that holds one resumes it. The resolved config must match the
+stored one except for keys that only say how long or how often (total length, cadences); any
+other difference is refused before work starts, with the differences listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from train.config import ConfigError, diff, dump_yaml, to_dict
+from train.schema import RunConfig
+
+# Keys a resumed run may change: they do not alter what has been trained so far.
+RESUMABLE_CHANGES = (
+    "train.total_kimg",
+    "train.checkpoint_every_kimg",
+    "train.snapshot_every_kimg",
+    "train.sample_every_kimg",
+    "train.log_every_kimg",
+    "train.keep_checkpoints",
+    "data.path",
+)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
+    @property
+    def tb(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    def exists(self) -> bool:
+        return self.config.is_file()
+
+    def check_resume(self, cfg: RunConfig) -> None:
+        """Refuse a config that conflicts with the stored one."""
+        stored = yaml.safe_load(self.config.read_text())
+        changes = diff(stored, to_dict(cfg))
+        conflicts = [c for c in changes if not c.split(":")[0].startswith(RESUMABLE_CHANGES)]
+        if conflicts:
+            listing = "\n  ".join(conflicts)
+            raise ConfigError(
+                "",
+                f"the run in {self.root} was started with a different config; refusing to resume with:\n  {listing}\n"
+                f"(use a new --run-dir, or the stored {self.config})",
+            )
+
+    def prepare(self, cfg: RunConfig, write_config: bool = True) -> bool:
+        """Create the layout; returns whether an existing run is being resumed."""
+        resumed = self.exists()
+        if resumed:
+            self.check_resume(cfg)
+        if write_config:
+            for path in (self.checkpoints, self.snapshots, self.tb, self.samples):
+                path.mkdir(parents=True, exist_ok=True)
+            dump_yaml(cfg, self.config)
+        return resumed
