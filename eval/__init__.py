@@ -1,0 +1,1 @@
+"""Scores checkpoints: FID/KID (clean-fid), reconstruction and OOD metrics, the nightly evaluator."""
