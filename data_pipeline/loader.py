@@ -46,7 +46,7 @@ class Batch:
 
 
 class EvalBatch(NamedTuple):
-    images: torch.Tensor  # [B, 3, R, R] float32 in [-1, 1] (uint8 in 0..255 with as_uint8); zeros where invalid
+    images: torch.Tensor  # [B, 3, R, R] float32 in [-1, 1] (uint8 in 0..255 with as_uint8); black where invalid
     valid: torch.Tensor  # bool [B]: False for padding and for unreadable samples
     keys: list[str]  # sample keys; "" for padding
 
@@ -136,21 +136,10 @@ def _put(reader: ShardReader, out: np.ndarray, slot: int, shard: int, sample: in
     return True
 
 
-def _finish(out: np.ndarray) -> torch.Tensor:
-    if out.dtype == np.float32:
-        out /= 127.5
-        out -= 1.0
-    return torch.from_numpy(out)
-
-
-def _empty(batch: int, resolution: int, as_uint8: bool) -> np.ndarray:
-    return np.empty((batch, 3, resolution, resolution), np.uint8 if as_uint8 else np.float32)
-
-
-def train_batch(reader: ShardReader, order: TrainOrder, stream: int, local: int, items: list[int],
-                as_uint8: bool) -> tuple[torch.Tensor, int]:
-    """One local batch: the images of `items`, holes refilled (see the module docstring); (images, skipped)."""
-    out = _empty(len(items), order.resolution, as_uint8)
+def fill_train_batch(reader: ShardReader, order: TrainOrder, stream: int, local: int, items: list[int],
+                     out: np.ndarray) -> int:
+    """Write local batch `local` of `stream` (its packed samples: `items`) into `out` (uint8 [B, 3, R, R]),
+    refilling holes as the module docstring says; returns the number of unreadable samples met."""
     holes = [slot for slot, item in enumerate(items) if not _put(reader, out, slot, *unpack(item))]
     skipped = len(holes)
     if holes:
@@ -167,7 +156,13 @@ def train_batch(reader: ShardReader, order: TrainOrder, stream: int, local: int,
                 if _put(reader, out, slot, shard, sample, flip):
                     break
                 skipped += 1
-    return _finish(out), skipped
+    return skipped
+
+
+def _hand_out(images: torch.Tensor, as_uint8: bool, pin_memory: bool) -> torch.Tensor:
+    """A batch as callers get it: a tensor of their own (never a view of a reused buffer)."""
+    images = images.clone() if as_uint8 else to_unit_range(images)
+    return images.pin_memory() if pin_memory else images
 
 
 def _open_shards(data_dir: str | Path, split: str, resolution: int) -> tuple[list[ShardInfo], Encoding]:
@@ -185,21 +180,34 @@ def _open_shards(data_dir: str | Path, split: str, resolution: int) -> tuple[lis
 
 
 class _TrainDataset(IterableDataset):
-    """What each DataLoader worker runs: the batches of one stream, from where that stream resumes."""
+    """What each DataLoader worker runs: the batches of one stream, from where that stream resumes.
+
+    Batches are written into `slots` (uint8 [workers, ring, B, 3, R, R], in shared memory when there
+    are worker processes) and only (worker, slot, skipped) goes through the DataLoader's queue: on a
+    small machine, moving each batch through a fresh shared-memory segment cost more than making it.
+    A worker has at most `_PREFETCH` batches requested ahead of the one the main process copies out,
+    so a ring of `_PREFETCH + 2` slots is never overwritten while it is read.
+    """
 
     def __init__(self, order: TrainOrder, shards: list[ShardInfo], encoding: Encoding, start_batch: int,
-                 as_uint8: bool):
+                 slots: torch.Tensor):
         self.order, self.shards, self.encoding = order, shards, encoding
-        self.start_batch, self.as_uint8 = start_batch, as_uint8
+        self.start_batch, self.slots = start_batch, slots
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
         info = get_worker_info()
-        # The DataLoader asks worker 0 first; it serves global batch start_batch, worker 1 the next, ...
-        stream, local = stream_of_batch(self.start_batch + (info.id if info else 0), self.order.streams)
+        worker = info.id if info else 0
+        # The DataLoader asks worker 0 first: it serves global batch start_batch, worker 1 the next, ...
+        stream, local = stream_of_batch(self.start_batch + worker, self.order.streams)
         reader = ShardReader(self.shards, self.encoding, self.order.resolution)
-        for items in local_batches(self.order, stream, local):
-            yield train_batch(reader, self.order, stream, local, items, self.as_uint8)
-            local += 1
+        ring = self.slots.shape[1]
+        for n, items in enumerate(local_batches(self.order, stream, local)):
+            slot = n % ring
+            skipped = fill_train_batch(reader, self.order, stream, local + n, items, self.slots[worker, slot].numpy())
+            yield worker, slot, skipped
+
+
+_PREFETCH = 2  # batches each DataLoader worker works ahead
 
 
 class TrainStream:
@@ -208,7 +216,8 @@ class TrainStream:
     Iterating yields `Batch(images, skipped)`. `start_batch=k` yields exactly the batches the stream
     started at 0 yields from its k-th on: to resume, pass the number of batches this rank has taken
     from a stream with the same other arguments. `workers=0` and `workers=1` give the same stream.
-    Each `iter()` starts again at `start_batch`.
+    Each `iter()` starts again at `start_batch`. `as_uint8` gives uint8 images (0..255) to convert
+    on the accelerator with `to_unit_range`; `pin_memory` pins each batch for fast device copies.
     """
 
     def __init__(self, data_dir: str | Path, resolution: int, batch_size: int, *, rank: int = 0,
@@ -227,16 +236,23 @@ class TrainStream:
             counts=tuple(s.count for s in self.shards), seed=seed, resolution=resolution, rank=rank,
             streams=max(workers, 1), batch_size=batch_size, shuffle_buffer=shuffle_buffer, flip=flip,
         )
-        self.workers, self.start_batch, self.as_uint8, self.pin_memory = workers, start_batch, as_uint8, pin_memory
+        self.workers, self.start_batch, self.as_uint8 = workers, start_batch, as_uint8
+        self.pin_memory = pin_memory and torch.cuda.is_available()
 
     def __iter__(self) -> Iterator[Batch]:
-        dataset = _TrainDataset(self.order, self.shards, self.encoding, self.start_batch, self.as_uint8)
-        if self.workers == 0:
-            batches: Iterator[tuple[torch.Tensor, int]] = iter(dataset)
+        b, r = self.order.batch_size, self.order.resolution
+        if self.workers == 0:  # one slot: the next batch is made only after this one is handed out
+            slots = torch.empty((1, 1, b, 3, r, r), dtype=torch.uint8)
+            batches: Iterator[tuple[int, int, int]] = iter(self._dataset(slots))
         else:
-            batches = iter(DataLoader(dataset, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory))
-        for images, skipped in batches:
-            yield Batch(images, int(skipped))
+            slots = torch.empty((self.workers, _PREFETCH + 2, b, 3, r, r), dtype=torch.uint8).share_memory_()
+            batches = iter(DataLoader(self._dataset(slots), batch_size=None, num_workers=self.workers,
+                                      prefetch_factor=_PREFETCH))
+        for worker, slot, skipped in batches:
+            yield Batch(_hand_out(slots[worker, slot], self.as_uint8, self.pin_memory), int(skipped))
+
+    def _dataset(self, slots: torch.Tensor) -> _TrainDataset:
+        return _TrainDataset(self.order, self.shards, self.encoding, self.start_batch, slots)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,33 +279,31 @@ def eval_plan(counts: list[int], batch_size: int, rank: int, world_size: int) ->
     return [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
 
 
-def eval_batch(reader: ShardReader, plan: list[tuple[int, int] | None], as_uint8: bool) -> EvalBatch:
-    out = _empty(len(plan), reader.resolution, as_uint8)
+def eval_batch(reader: ShardReader, plan: list[tuple[int, int] | None]) -> EvalBatch:
+    """One batch of the plan as uint8 images (black where invalid)."""
+    r = reader.resolution
+    out = np.zeros((len(plan), 3, r, r), np.uint8)
     valid = np.zeros(len(plan), bool)
     keys = []
     for slot, entry in enumerate(plan):
         if entry is None:
             keys.append("")
-        else:
-            keys.append(reader.key(*entry))
-            valid[slot] = _put(reader, out, slot, *entry, 0)
-    images, mask = _finish(out), torch.from_numpy(valid)
-    images[~mask] = 0
-    return EvalBatch(images, mask, keys)
+            continue
+        keys.append(reader.key(*entry))
+        valid[slot] = _put(reader, out, slot, *entry, 0)
+    return EvalBatch(torch.from_numpy(out), torch.from_numpy(valid), keys)
 
 
 class _EvalDataset(IterableDataset):
-    def __init__(self, plan: Plan, shards: list[ShardInfo], encoding: Encoding,
-                 resolution: int, as_uint8: bool):
-        self.plan, self.shards, self.encoding = plan, shards, encoding
-        self.resolution, self.as_uint8 = resolution, as_uint8
+    def __init__(self, plan: Plan, shards: list[ShardInfo], encoding: Encoding, resolution: int):
+        self.plan, self.shards, self.encoding, self.resolution = plan, shards, encoding, resolution
 
     def __iter__(self) -> Iterator[EvalBatch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         reader = ShardReader(self.shards, self.encoding, self.resolution)
         for batch in self.plan[worker::workers]:  # the DataLoader takes its workers' batches round-robin
-            yield eval_batch(reader, batch, self.as_uint8)
+            yield eval_batch(reader, batch)
 
 
 def eval_batches(data_dir: str | Path, split: str, resolution: int, batch_size: int, *, rank: int = 0,
@@ -297,13 +311,12 @@ def eval_batches(data_dir: str | Path, split: str, resolution: int, batch_size: 
     """Every sample of `split` exactly once across ranks, in manifest order, as `EvalBatch(images, valid, keys)`.
 
     All ranks get the same number of batches; padding has valid False and key "". An unreadable sample
-    has valid False and its key (zeros as image), so `(~valid & (key != ""))` counts them.
+    has valid False and its key (and a black image), so invalid entries with a key count them.
     """
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or workers < 0:
         raise ValueError(f"bad arguments: {batch_size=} {rank=} {world_size=} {workers=}")
     shards, encoding = _open_shards(data_dir, split, resolution)  # errors now, not at the first batch
     plan = eval_plan([s.count for s in shards], batch_size, rank, world_size)
-    dataset = _EvalDataset(plan, shards, encoding, resolution, as_uint8)
-    if workers == 0:
-        return iter(dataset)
-    return iter(DataLoader(dataset, batch_size=None, num_workers=min(workers, len(plan))))
+    dataset = _EvalDataset(plan, shards, encoding, resolution)
+    batches = dataset if workers == 0 else DataLoader(dataset, batch_size=None, num_workers=min(workers, len(plan)))
+    return (b if as_uint8 else b._replace(images=to_unit_range(b.images)) for b in batches)

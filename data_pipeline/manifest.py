@@ -144,3 +144,24 @@ def load_manifest(directory: str | Path) -> Manifest:
     manifest.root = directory.resolve()
     return manifest
 
+
+
+def verify_shards(manifest: Manifest, progress: bool = True) -> list[str]:
+    """Every shard file that is missing or whose sha256 differs from the manifest's, as messages."""
+    from tqdm import tqdm
+
+    entries = [e for levels in manifest.shard_table.values() for es in levels.values() for e in es]
+    problems = []
+    for entry in tqdm(entries, desc="verify", unit="shard", disable=not progress):
+        path = manifest.root / entry.path
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        except OSError as exc:
+            problems.append(f"{path}: unreadable ({exc})")
+            continue
+        if digest.hexdigest() != entry.sha256:
+            problems.append(f"{path}: sha256 {digest.hexdigest()} differs from the manifest's {entry.sha256}")
+    return problems

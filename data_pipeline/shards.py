@@ -91,6 +91,16 @@ class ShardReader:
 
     def read(self, shard: int, sample: int) -> np.ndarray | None:
         """The image, or None (logged once) when it cannot be read or decoded."""
+        data = self.read_bytes(shard, sample)
+        if data is None:
+            return None
+        try:
+            return decode(data, self.encoding, self.resolution)
+        except ImageProblem as exc:
+            return self._bad(shard, sample, str(exc))
+
+    def read_bytes(self, shard: int, sample: int) -> bytes | None:
+        """The image member's bytes as stored, or None (logged once) when they cannot be read."""
         index = self.index(shard)
         if sample >= len(index.keys):
             return self._bad(shard, sample, "missing from the shard (truncated or damaged)")
@@ -100,10 +110,7 @@ class ShardReader:
             return self._bad(shard, sample, f"unreadable: {exc}")
         if len(data) != index.sizes[sample]:
             return self._bad(shard, sample, "cut off (truncated shard)")
-        try:
-            return decode(data, self.encoding, self.resolution)
-        except ImageProblem as exc:
-            return self._bad(shard, sample, str(exc))
+        return data
 
     def close(self) -> None:
         while self._files:
