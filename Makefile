@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 OUT ?= runs
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint data
 
 # torch first (DeepSpeed builds against the installed torch: --no-build-isolation), then the
 # project; constraints.txt keeps every step on torch 2.13.0.
@@ -19,3 +19,9 @@ test: install
 
 lint:
 	ruff check .
+
+# The default data set: Noto Color Emoji glyphs at 4..128px (built only when missing; about 10 s).
+data: data/emoji/manifest.json
+
+data/emoji/manifest.json:
+	OMP_NUM_THREADS=1 $(PYTHON) -m launch.cli data build --source emoji --out data/emoji

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--resolution", type=int, nargs="+", required=True, help="level(s) to measure")
     n.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="loader worker counts (default 0 1 2)")
     n.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    n.add_argument("--images", type=int, default=2000, help="images per measurement (default 2000)")
+    n.add_argument("--images", type=int, default=500, help="training samples the PIL figures go over (default 500)")
     n.set_defaults(handler=_bench)
 
 
