@@ -90,11 +90,8 @@ class TrainOrder:
         return counts / counts.sum()
 
 
-def pack(shard: int, sample: int, flip: int) -> int:
-    return (shard << 33) | (sample << 1) | flip
-
-
 def unpack(item: int) -> tuple[int, int, int]:
+    """A packed sample, (shard << 33) | (sample << 1) | flip, as (shard, sample, flip)."""
     return item >> 33, (item >> 1) & 0xFFFFFFFF, item & 1
 
 

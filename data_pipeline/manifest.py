@@ -26,7 +26,6 @@ from train.fileio import atomic_write_text
 MANIFEST_NAME = "manifest.json"
 FORMAT = "sivae-webdataset"
 VERSION = 1
-IMAGE_EXTENSIONS = ("npy", "png")  # the image member of a sample: KEY.npy or KEY.png
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -3,6 +3,7 @@
 import itertools
 import shutil
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -12,8 +13,9 @@ from data_helpers import identity_image, sample_ids, write_identity_folder
 from data_pipeline import shards as shards_module
 from data_pipeline.build import BuildOptions, build_dataset
 from data_pipeline.errors import DataError
-from data_pipeline.loader import TrainStream, eval_batches
+from data_pipeline.loader import TrainStream, eval_batches, fill_train_batch, local_batches
 from data_pipeline.manifest import load_manifest
+from data_pipeline.shards import ShardReader
 from data_pipeline.sources import FolderSource
 
 B = 8
@@ -89,6 +91,24 @@ def test_resuming_at_any_batch_gives_the_same_batches(data, workers):
 def test_one_worker_process_streams_what_no_worker_process_streams(data):
     a, b = take(TrainStream(data, 8, B, workers=0), 6), take(TrainStream(data, 8, B, workers=1), 6)
     assert all(torch.equal(x.images, y.images) for x, y in zip(a, b))
+
+
+def test_global_batch_k_is_local_batch_k_div_w_of_worker_k_mod_w(data):
+    """The documented mapping, through the DataLoader and its shared-memory slots, with a consumer that
+    keeps every batch and is sometimes slower than the workers (a reused slot would show)."""
+    stream = TrainStream(data, 8, B, workers=2, shuffle_buffer=30, start_batch=3)
+    got = []
+    for n, batch in enumerate(itertools.islice(iter(stream), 14)):
+        got.append(batch.images)
+        if n % 3 == 0:
+            time.sleep(0.05)
+    reader = ShardReader(stream.shards, stream.encoding, 8)
+    for k, images in enumerate(got, start=3):
+        worker, local = k % 2, k // 2
+        items = next(local_batches(stream.order, worker, local))
+        expected = np.empty((B, 3, 8, 8), np.uint8)
+        fill_train_batch(reader, stream.order, worker, local, items, expected)
+        assert np.array_equal(as_bytes(images), expected), k
 
 
 def test_skipping_to_the_start_decodes_nothing_before_it(data, monkeypatch):
