@@ -148,7 +148,6 @@ _progress = None  # samples done, shared by the build processes
 def _init_worker(counter) -> None:
     global _progress
     _progress = counter
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def shard_path(split: str, resolution: int, index: int) -> str:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_pipeline.errors import DataError
 from data_pipeline.images import Encoding
-from data_pipeline.manifest import ShardInfo, load_manifest
+from data_pipeline.manifest import Manifest, ShardInfo, load_manifest
 from data_pipeline.shards import ShardReader
 
 _BLOCK, _REFILL = 0, 1  # RNG domains
@@ -153,7 +153,8 @@ def fill_train_batch(reader: ShardReader, order: TrainOrder, stream: int, local:
             while True:
                 if draws == _MAX_REFILL_DRAWS:
                     where = reader.shards[0].path.parent
-                    raise DataError(f"{draws} random samples in a row were unreadable: the data set is broken", where)
+                    raise DataError(f"{draws} random draws found too few readable samples to fill a batch: "
+                                    "the data set is mostly unreadable (run `sivae data info --verify`)", where)
                 draws += 1
                 shard = int(rng.choice(len(order.counts), p=order.weights))
                 sample, flip = int(rng.integers(order.counts[shard])), int(order.flip and rng.integers(2))
@@ -169,14 +170,14 @@ def _hand_out(images: torch.Tensor, as_uint8: bool, pin_memory: bool) -> torch.T
     return images.pin_memory() if pin_memory else images
 
 
-def _open_shards(data_dir: str | Path, split: str, resolution: int) -> tuple[list[ShardInfo], Encoding]:
+def _open_shards(data_dir: str | Path, split: str, resolution: int) -> tuple[Manifest, list[ShardInfo]]:
     manifest = load_manifest(data_dir)
     shards = manifest.shards(split, resolution)
     missing = [s.path for s in shards if not s.path.is_file()]
     if missing:
         raise DataError(f"{len(missing)} shard file(s) listed in the manifest are missing, e.g. {missing[0]}",
                         manifest.root)
-    return shards, manifest.encoding(resolution)
+    return manifest, shards
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +236,9 @@ class TrainStream:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        self.shards, self.encoding = _open_shards(data_dir, split, resolution)
+        # the manifest's digest identifies the data: a checkpoint can record it to refuse resuming on other data
+        self.manifest, self.shards = _open_shards(data_dir, split, resolution)
+        self.encoding = self.manifest.encoding(resolution)
         self.order = TrainOrder(
             counts=tuple(s.count for s in self.shards), seed=seed, resolution=resolution, rank=rank,
             streams=max(workers, 1), batch_size=batch_size, shuffle_buffer=shuffle_buffer, flip=flip,
@@ -319,8 +322,8 @@ def eval_batches(data_dir: str | Path, split: str, resolution: int, batch_size: 
     """
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or workers < 0:
         raise ValueError(f"bad arguments: {batch_size=} {rank=} {world_size=} {workers=}")
-    shards, encoding = _open_shards(data_dir, split, resolution)  # errors now, not at the first batch
+    manifest, shards = _open_shards(data_dir, split, resolution)  # errors now, not at the first batch
     plan = eval_plan([s.count for s in shards], batch_size, rank, world_size)
-    dataset = _EvalDataset(plan, shards, encoding, resolution)
+    dataset = _EvalDataset(plan, shards, manifest.encoding(resolution), resolution)
     batches = dataset if workers == 0 else DataLoader(dataset, batch_size=None, num_workers=min(workers, len(plan)))
     return (b if as_uint8 else b._replace(images=to_unit_range(b.images)) for b in batches)
