@@ -11,7 +11,7 @@ install:
 	$(PIP) install -q -c constraints.txt "torch==2.13.0" setuptools wheel
 	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[test]"
 
-demo: install
+demo: install data
 	OMP_NUM_THREADS=2 sivae toy2d --dataset 8gaussians --objective soft-intro --out $(OUT)/toy2d-8gaussians
 
 test: install

@@ -23,8 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    b = actions.add_parser("build", help="build a data set from a source", description="Build a data set: "
-                           "shards of every split at every resolution level, then manifest.json.")
+    b = actions.add_parser("build", help="build a data set from a source (an interrupted build resumes)",
+                           description="Build a data set: shards of every split at every resolution level, then "
+                           "manifest.json. Unreadable inputs are skipped and listed; rerunning an interrupted "
+                           "build keeps its finished shards.")
     b.add_argument("--source", required=True, help=SOURCES_HELP)
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--max-resolution", type=int, help="largest level, a power of two (default: the source's "
@@ -40,9 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--raw-max-resolution", type=int, default=128, help="levels up to this size are stored as raw "
                    "uint8 .npy arrays (fast to load), larger ones as PNG (default 128)")
     b.add_argument("--seed", type=int, default=0, help="order of training samples across shards (default 0)")
-    b.add_argument("--skip-bad", action="store_true", help="leave out unreadable source images (listed in the "
-                   "manifest) instead of stopping at the first")
-    b.add_argument("--force", action="store_true", help="replace an existing data set at --out")
+    b.add_argument("--force", action="store_true", help="rebuild from scratch: replace a data set at --out, or "
+                   "discard the finished shards of an interrupted build there (which a plain rerun resumes)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(handler=_build)
 
@@ -84,7 +85,7 @@ def _build(args: argparse.Namespace) -> int:
     options = BuildOptions(
         max_resolution=args.max_resolution, test_fraction=args.test_fraction, shard_size=args.shard_size,
         workers=args.workers, upsample=args.upsample, non_square=args.non_square, seed=args.seed,
-        raw_max_resolution=args.raw_max_resolution, skip_bad=args.skip_bad,
+        raw_max_resolution=args.raw_max_resolution,
     )
     start = time.perf_counter()
     manifest = build_dataset(parse_source(args.source), args.out, options, force=args.force,
@@ -103,8 +104,13 @@ def _summary(manifest) -> None:
     print(f"  levels   {levels}")
     print(f"  labels   {'yes' if manifest.labels else 'no'}")
     print(f"  digest   {manifest.digest}")
-    for bad in manifest.skipped_sources:
-        print(f"  skipped  {bad['where']}: {bad['reason']}")
+    skipped = manifest.skipped_sources
+    if skipped:
+        print(f"  skipped  {len(skipped)} unreadable input(s), listed in manifest.json:")
+        for bad in skipped[:20]:
+            print(f"           {bad['where']}: {bad['reason']}")
+        if len(skipped) > 20:
+            print(f"           ... and {len(skipped) - 20} more")
 
 
 @_errors_to_exit

@@ -46,13 +46,21 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def check_geometry(width: int, height: int, resolution: int, non_square: NonSquare, upsample: bool) -> None:
+    """ImageProblem unless an image of this size can become a resolution x resolution level as asked."""
+    if width != height and non_square == "error":
+        raise ImageProblem(f"is {width}x{height}, not square (pass --non-square crop to take the centre square)")
+    side = min(width, height)
+    if side < resolution and not upsample:
+        raise ImageProblem(f"is {side}x{side}, smaller than {resolution}px (pass --upsample to enlarge it)")
+
+
 def square(rgb: np.ndarray, non_square: NonSquare) -> np.ndarray:
     """The centred largest square of `rgb`, or ImageProblem when it is not square and that is an error."""
     height, width = rgb.shape[:2]
     if height == width:
         return rgb
-    if non_square == "error":
-        raise ImageProblem(f"is {width}x{height}, not square (pass --non-square crop to take the centre square)")
+    check_geometry(width, height, 0, non_square, upsample=False)
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
     return rgb[top : top + side, left : left + side]
@@ -67,8 +75,7 @@ def resize_box(rgb: np.ndarray, resolution: int, upsample: bool) -> np.ndarray:
     side = rgb.shape[0]
     if side == resolution:
         return rgb
-    if side < resolution and not upsample:
-        raise ImageProblem(f"is {side}x{side}, smaller than {resolution}px (pass --upsample to enlarge it)")
+    check_geometry(side, side, resolution, "error", upsample)
     return np.asarray(Image.fromarray(rgb).resize((resolution, resolution), Image.Resampling.BOX))
 
 

@@ -24,6 +24,7 @@ from train.config import ConfigError, from_dict, require, to_dict
 from train.fileio import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
+BUILD_STATE = ".build"  # in a data set directory while its build is unfinished
 FORMAT = "sivae-webdataset"
 VERSION = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -79,7 +80,7 @@ class Manifest:
     digest: str
     shard_table: dict[str, dict[str, list[ShardEntry]]]  # split -> resolution (as a string) -> shards
     build: dict[str, Any] = field(default_factory=dict)  # the build options
-    skipped_sources: list[dict[str, str]] = field(default_factory=list)  # unreadable source images (--skip-bad)
+    skipped_sources: list[dict[str, str]] = field(default_factory=list)  # unreadable inputs left out of the build
     root: Path = field(init=False, default=Path("."), repr=False)  # the directory, set when loaded
 
     def __post_init__(self) -> None:
@@ -130,6 +131,8 @@ def load_manifest(directory: str | Path) -> Manifest:
     directory = Path(directory)
     path = directory / MANIFEST_NAME
     if not path.is_file():
+        if (directory / BUILD_STATE).is_dir():
+            raise DataError("its build is unfinished: rerun the same `sivae data build` to finish it", path)
         hint = "not a built data set" if directory.is_dir() else "no such directory"
         raise DataError(f"{hint}: build one with `sivae data build --source ... --out {directory}`", path)
     try:

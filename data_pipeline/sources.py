@@ -21,7 +21,7 @@ import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -57,6 +57,10 @@ class Source(ABC):
     @abstractmethod
     def load(self, ref: Any) -> np.ndarray:
         """One sample's image as HWC uint8 RGB (maybe not square); ImageProblem or OSError if unreadable."""
+
+    def size(self, ref: Any) -> tuple[int, int]:
+        """(width, height) of a sample, found cheaply (files: the header only); ImageProblem if unreadable."""
+        return self.native_size, self.native_size
 
     def where(self, item: SourceItem) -> str:
         """Where a sample comes from, for error messages."""
@@ -338,9 +342,12 @@ class SvhnSource(Source):
 # Files of any size: a folder tree or a zip archive
 
 
-def _decode_file(data_or_path: bytes | Path) -> np.ndarray:
+def _open_file(file: bytes | Path | IO[bytes], header_only: bool) -> np.ndarray | tuple[int, int]:
+    """The decoded RGB image, or with `header_only` its (width, height) from the header alone."""
     try:
-        with Image.open(io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path) as image:
+        with Image.open(io.BytesIO(file) if isinstance(file, bytes) else file) as image:
+            if header_only:
+                return image.size
             image.load()
             return to_rgb(image)
     except ImageProblem:
@@ -371,7 +378,10 @@ class FolderSource(Source):
         return _unique([SourceItem(key=tar_key(rel), ref=rel) for rel in files], self.spec)
 
     def load(self, ref: str) -> np.ndarray:
-        return _decode_file(self.path / ref)
+        return _open_file(self.path / ref, header_only=False)
+
+    def size(self, ref: str) -> tuple[int, int]:
+        return _open_file(self.path / ref, header_only=True)
 
     def where(self, item: SourceItem) -> str:
         return str(self.path / item.ref)
@@ -405,11 +415,20 @@ class ZipSource(Source):
         return _unique([SourceItem(key=tar_key(name), ref=name) for name in members], self.spec)
 
     def load(self, ref: str) -> np.ndarray:
+        return _open_file(self._read(ref), header_only=False)
+
+    def size(self, ref: str) -> tuple[int, int]:
         try:
-            data = _open_zip(str(self.path)).read(ref)
+            with _open_zip(str(self.path)).open(ref) as member:  # PIL reads the header, not the whole member
+                return _open_file(member, header_only=True)
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError) as exc:
             raise ImageProblem(f"cannot be read from the archive: {exc}") from None
-        return _decode_file(data)
+
+    def _read(self, ref: str) -> bytes:
+        try:
+            return _open_zip(str(self.path)).read(ref)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError) as exc:
+            raise ImageProblem(f"cannot be read from the archive: {exc}") from None
 
     def where(self, item: SourceItem) -> str:
         return f"{self.path}:{item.ref}"

@@ -5,6 +5,7 @@ import io
 import json
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -79,38 +80,101 @@ def test_digits_upsampled_keep_their_pixels(tmp_path):
         assert small["cls"] == label
 
 
-def test_sizes_that_need_a_choice_are_refused(tmp_path):
+def test_sizes_that_need_a_choice_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(DataError, match="--upsample"):
         build_dataset(DigitsSource(), tmp_path / "d", BuildOptions(max_resolution=32), progress=False)
-    write_identity_folder(tmp_path / "src", 2, 8)
+    with pytest.raises(DataError, match=r"power of two in \[4, 1024\]"):
+        build_dataset(DigitsSource(), tmp_path / "d", BuildOptions(max_resolution=2048, upsample=True))
+    write_identity_folder(tmp_path / "src", 6, 32)
     with pytest.raises(DataError, match="--max-resolution"):
         _build(tmp_path / "src", tmp_path / "o", max_resolution=None)
-    with pytest.raises(DataError, match=r"img_0000\.png: is 8x8, smaller than 32px"):
-        _build(tmp_path / "src", tmp_path / "o")
-    assert not (tmp_path / "d").exists() and not (tmp_path / "o").exists()
-
-
-def test_a_bad_source_image_stops_the_build_and_loses_nothing(tmp_path):
-    write_identity_folder(tmp_path / "src", 6, 32)
     old = _build(tmp_path / "src", tmp_path / "out")
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "out").rglob("*"))
 
-    with pytest.raises(DataError, match="not empty; pass --force"):
-        _build(tmp_path / "src", tmp_path / "out")
     Image.new("RGB", (40, 32)).save(tmp_path / "src" / "wide.png")
-    with pytest.raises(DataError, match=r"wide\.png: is 40x32, not square"):
+    Image.new("RGB", (16, 16)).save(tmp_path / "src" / "small.png")
+    with pytest.raises(DataError, match="2 image") as refused:
         build_dataset(FolderSource(tmp_path / "src"), tmp_path / "out", FAST, force=True, progress=False)
-    (tmp_path / "src" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    crop = BuildOptions(**{**FAST.__dict__, "non_square": "crop"})
-    with pytest.raises(DataError, match=r"broken\.png: cannot be decoded"):
-        build_dataset(FolderSource(tmp_path / "src"), tmp_path / "out", crop, force=True, progress=False)
-    assert load_manifest(tmp_path / "out").digest == old.digest  # the earlier data set is intact
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no staging left behind
+    assert "wide.png: is 40x32, not square (pass --non-square crop" in str(refused.value)
+    assert "small.png: is 16x16, smaller than 32px (pass --upsample" in str(refused.value)
+    assert not (tmp_path / "d").exists() and not (tmp_path / "o").exists()
+    after = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "out").rglob("*"))
+    assert after == before and load_manifest(tmp_path / "out").digest == old.digest  # nothing touched
 
-    skip = BuildOptions(**{**crop.__dict__, "skip_bad": True})
-    new = build_dataset(FolderSource(tmp_path / "src"), tmp_path / "out", skip, force=True, progress=False)
-    assert sum(new.split_sizes.values()) == 7
-    assert [s["key"] for s in new.skipped_sources] == ["broken_png"]
-    assert load_manifest(tmp_path / "out").digest == new.digest != old.digest
+
+def test_unreadable_inputs_are_skipped_counted_and_listed(tmp_path):
+    write_identity_folder(tmp_path / "src", 6, 32)
+    (tmp_path / "src" / "junk.png").write_bytes(b"not an image at all")
+    full = (tmp_path / "src" / "img_0000.png").read_bytes()
+    (tmp_path / "src" / "cut.png").write_bytes(full[: len(full) // 2])  # its header reads, its pixels do not
+    manifest = _build(tmp_path / "src", tmp_path / "out", test_fraction=0.0)
+    assert manifest.split_sizes == {"train": 6}
+    assert sorted(s["key"] for s in manifest.skipped_sources) == ["cut_png", "junk_png"]
+    assert all(s["where"].startswith(str(tmp_path / "src")) and s["reason"] for s in manifest.skipped_sources)
+    assert load_manifest(tmp_path / "out").skipped_sources == manifest.skipped_sources
+
+
+def test_output_directory_rules(tmp_path):
+    write_identity_folder(tmp_path / "src", 4, 8)
+    first = _build(tmp_path / "src", tmp_path / "out", max_resolution=8)
+    with pytest.raises(DataError, match="already holds a data set; pass --force"):
+        _build(tmp_path / "src", tmp_path / "out", max_resolution=8)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="holds no data set"):
+        build_dataset(FolderSource(tmp_path / "src"), tmp_path / "other", FAST, force=True, progress=False)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+    options = BuildOptions(**{**FAST.__dict__, "max_resolution": 4, "shard_size": 100})
+    smaller = build_dataset(FolderSource(tmp_path / "src"), tmp_path / "out", options, force=True, progress=False)
+    assert smaller.digest != first.digest and smaller.resolutions == [4]
+    files = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert files == ["manifest.json", "test/4/000000.tar", "train/4/000000.tar"]  # the old 8px shards are gone
+
+
+class Interrupt(BaseException):
+    """Stands for a kill or Ctrl-C in the middle of a build."""
+
+
+def test_an_interrupted_build_resumes_without_rewriting_finished_shards(tmp_path, monkeypatch):
+    write_identity_folder(tmp_path / "src", 20, 16)
+    options = {"max_resolution": 16, "shard_size": 4, "test_fraction": 0.0}  # 5 groups of 4, 3 levels
+    clean = _build(tmp_path / "src", tmp_path / "clean", **options)
+
+    real_load, loads = FolderSource.load, []
+
+    def dying_load(self, ref):
+        loads.append(ref)
+        if len(loads) == 11:  # the 3rd sample of the 3rd group
+            raise Interrupt
+        return real_load(self, ref)
+
+    monkeypatch.setattr(FolderSource, "load", dying_load)
+    with pytest.raises(Interrupt):
+        _build(tmp_path / "src", tmp_path / "out", **options)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="unfinished: rerun the same `sivae data build`"):
+        load_manifest(out)
+    finals = sorted(out.glob("train/*/*.tar"))
+    assert [p.relative_to(out).as_posix() for p in finals] == [
+        f"train/{r}/{i:06d}.tar" for r in (16, 4, 8) for i in (0, 1)
+    ]
+    for path in finals:  # a final name only ever holds a whole shard
+        with tarfile.open(path) as tar:
+            assert len(tar.getnames()) == 4
+    kept = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finals}
+
+    def counting_load(self, ref):
+        loads.append(ref)
+        return real_load(self, ref)
+
+    loads.clear()
+    monkeypatch.setattr(FolderSource, "load", counting_load)
+    resumed = _build(tmp_path / "src", out, **options)
+    assert len(loads) == 12 and resumed.digest == clean.digest  # only the 3 unfinished groups were made
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finals} == kept  # not rewritten
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train"]  # no build state, no temporaries
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
 
 
 def _cli(*args):

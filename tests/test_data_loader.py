@@ -1,9 +1,15 @@
 """The training stream and the eval pass, on a data set whose pixels say which sample they are."""
 
 import itertools
+import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +241,32 @@ def test_wrong_requests_are_clear_errors(data, tmp_path):
     load_manifest(copy).shards("train", 8)[1].path.unlink()
     with pytest.raises(DataError, match=r"missing, e\.g\. .*000001\.tar"):
         TrainStream(copy, 8, B)
+
+
+def test_two_gloo_processes_see_every_eval_sample_once_with_equal_batch_counts(tmp_path):
+    """Two real processes in a gloo group, each reading its rank's part with a worker process and
+    running a collective per batch; 11 samples, so the ranks hold 5 and 6."""
+    keys = write_identity_folder(tmp_path / "src", 11, 4)
+    options = BuildOptions(workers=1, max_resolution=4, shard_size=3, test_fraction=1.0)
+    build_dataset(FolderSource(tmp_path / "src"), tmp_path / "set", options, progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "seen.json"
+    command = [sys.executable, str(root / "tests" / "data_eval_rank.py"), str(tmp_path / "set"), "test", "4", "4",
+               str(out)]
+    ranks = [subprocess.Popen(command, env={**env, "RANK": str(r)}, cwd=root, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    try:
+        errors = [p.communicate(timeout=180)[1] for p in ranks]
+    finally:
+        for p in ranks:
+            p.kill()  # only if it hung; a finished process ignores this
+    assert all(p.returncode == 0 for p in ranks), errors
+    seen = json.loads(out.read_text())
+    assert [r["batches"] for r in seen] == [2, 2]
+    assert sorted(len(r["keys"]) for r in seen) == [5, 6]
+    assert sorted(k for r in seen for k in r["keys"]) == keys
