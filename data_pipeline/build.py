@@ -114,7 +114,7 @@ def choose_max_resolution(source: Source, requested: int | None, upsample: bool)
 def check_inputs(source: Source, items: list[SourceItem], top: int, options: BuildOptions,
                  progress: bool) -> tuple[list[SourceItem], list[dict[str, str]]]:
     """(usable items, unreadable ones as listed in the manifest) from image headers; a DataError naming
-    every image whose size needs a decision (--non-square crop, --upsample)."""
+    the images whose size needs a decision (--non-square crop, --upsample): the first ten, and how many."""
     usable, unreadable, undecided = [], [], []
     for item in tqdm(items, desc="check", unit="img", disable=not progress or source.native_size is not None):
         try:
