@@ -5,7 +5,7 @@ lower level is box-averaged from that one image. A "group" is shard i of a split
 worker processes write groups in parallel. Unreadable inputs are skipped, counted and listed in the
 manifest, never fatal; what the user must decide (a non-square image under --non-square error, an
 image smaller than the largest level without --upsample) is found by reading image headers before
-anything is written, and stops the build with every offending file named.
+anything is written, and stops the build naming the offending files.
 
 Interrupted builds resume. A shard is written under a temporary name and renamed when complete, so
 a final name always holds a whole shard; a finished group leaves a record in DIR/.build/ (its shards'
