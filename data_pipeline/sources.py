@@ -67,6 +67,18 @@ class Source(ABC):
         return f"{self.spec} sample {item.key}"
 
 
+@dataclass
+class _PathSource(Source):
+    """A source read from one path; its command-line form is KIND:PATH."""
+
+    path: Path
+    kind: ClassVar[str]
+
+    @property
+    def spec(self) -> str:
+        return f"{self.kind}:{self.path}"
+
+
 def tar_key(name: str) -> str:
     """A WebDataset key for a file name: no dots (they start the extension), tar-safe, at most 90 characters."""
     key = re.sub(r"[^A-Za-z0-9_/-]", "_", name).strip("/")
@@ -82,7 +94,7 @@ def parse_source(spec: str) -> Source:
         return EmojiSource(Path(arg) if arg else DEFAULT_EMOJI_FONT)
     if kind == "digits" and not arg:
         return DigitsSource()
-    makers = {"folder": FolderSource, "zip": ZipSource, "cifar10": Cifar10Source, "svhn": SvhnSource}
+    makers = {cls.kind: cls for cls in (FolderSource, ZipSource, Cifar10Source, SvhnSource)}
     if kind in makers and arg:
         path = Path(arg).expanduser()
         if not path.exists():
@@ -239,18 +251,14 @@ def _load_cifar_batch(data: bytes, where: str) -> tuple[np.ndarray, list[int]]:
 
 
 @dataclass
-class Cifar10Source(Source):
+class Cifar10Source(_PathSource):
     """CIFAR-10, python version: `cifar-10-python.tar.gz` or its extracted `cifar-10-batches-py` folder.
     Keeps the official split: data_batch_1..5 -> train, test_batch -> test."""
 
-    path: Path
+    kind: ClassVar[str] = "cifar10"
     native_size: int | None = 32
 
     BATCHES = (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"]))
-
-    @property
-    def spec(self) -> str:
-        return f"cifar10:{self.path}"
 
     def _read_batches(self) -> dict[str, bytes]:
         wanted = {name for _, names in self.BATCHES for name in names}
@@ -291,18 +299,14 @@ class Cifar10Source(Source):
 
 
 @dataclass
-class SvhnSource(Source):
+class SvhnSource(_PathSource):
     """SVHN cropped digits (.mat): a folder with train_32x32.mat and/or test_32x32.mat (their split kept),
     or one .mat file (split by --test-fraction). Label 10 means the digit 0 and becomes 0."""
 
-    path: Path
+    kind: ClassVar[str] = "svhn"
     native_size: int | None = 32
 
     SPLITS = ("train", "test")
-
-    @property
-    def spec(self) -> str:
-        return f"svhn:{self.path}"
 
     def _read(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         from scipy.io import loadmat
@@ -357,14 +361,10 @@ def _open_file(file: bytes | Path | IO[bytes], header_only: bool) -> np.ndarray 
 
 
 @dataclass
-class FolderSource(Source):
+class FolderSource(_PathSource):
     """Every image file under a folder (recursively, hidden ones skipped), keyed by its relative path."""
 
-    path: Path
-
-    @property
-    def spec(self) -> str:
-        return f"folder:{self.path}"
+    kind: ClassVar[str] = "folder"
 
     def items(self) -> list[SourceItem]:
         if not self.path.is_dir():
@@ -393,14 +393,10 @@ def _open_zip(path: str) -> zipfile.ZipFile:  # one handle per process
 
 
 @dataclass
-class ZipSource(Source):
+class ZipSource(_PathSource):
     """Every image file inside a zip archive (macOS resource forks skipped), keyed by its member name."""
 
-    path: Path
-
-    @property
-    def spec(self) -> str:
-        return f"zip:{self.path}"
+    kind: ClassVar[str] = "zip"
 
     def items(self) -> list[SourceItem]:
         try:
