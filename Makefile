@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 OUT ?= runs
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint data
 
 # torch first (DeepSpeed builds against the installed torch: --no-build-isolation), then the
 # project; constraints.txt keeps every step on torch 2.13.0.
@@ -11,7 +11,7 @@ install:
 	$(PIP) install -q -c constraints.txt "torch==2.13.0" setuptools wheel
 	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[test]"
 
-demo: install
+demo: install data
 	OMP_NUM_THREADS=2 sivae toy2d --dataset 8gaussians --objective soft-intro --out $(OUT)/toy2d-8gaussians
 
 test: install
@@ -19,3 +19,9 @@ test: install
 
 lint:
 	ruff check .
+
+# The default data set: Noto Color Emoji glyphs at 4..128px (built only when missing; about 10 s).
+data: data/emoji/manifest.json
+
+data/emoji/manifest.json:
+	OMP_NUM_THREADS=1 $(PYTHON) -m launch.cli data build --source emoji --out data/emoji
