@@ -12,7 +12,7 @@ import sys
 
 from train.config import ConfigError
 
-SUBCOMMANDS = ("train.toy2d.cli",)
+SUBCOMMANDS = ("train.toy2d.cli", "models.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ import sys
 
 from launch.cli import build_parser
 
-EXPECTED = {"toy2d"}
+EXPECTED = {"toy2d", "models"}
 
 
 def subcommands():
