@@ -40,11 +40,11 @@ class LevelSummary:
     activation_bytes_per_image: int
 
 
-class _ShapeOnlyBackend(Backend):
+class _GradientRecordingBackend(Backend):
     """Backward without the optimizer: records which parameters got a gradient, then drops the gradients."""
 
-    def __init__(self, model: VAE):
-        super().__init__(model, torch.device("meta"))
+    def __init__(self, model: VAE, device: torch.device):
+        super().__init__(model, device)
         self.got_grad: set[str] = set()
 
     def update(self, net: Net, loss: Tensor) -> bool:
@@ -64,21 +64,25 @@ class _Measurement:
 
 
 def _measure(model: VAE, lod: int | None, batch: int) -> _Measurement:
-    backend = _ShapeOnlyBackend(model)
+    """One iteration at `batch` on the model's device (meta for the summary; real tensors give the same)."""
+    device = next(model.parameters()).device
+    backend = _GradientRecordingBackend(model, device)
     backend.set_level(lod, 1.0)
     param_storages = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]}
-    saved: dict[str, dict[int, int]] = {"encoder": {}, "decoder": {}, "both": {}}
+    # storages by identity; holding them keeps a freed one's address from being reused by another
+    saved: dict[str, dict[int, torch.UntypedStorage]] = {"encoder": {}, "decoder": {}, "both": {}}
 
     def pack(t: Tensor) -> Tensor:
         storage = t.untyped_storage()
         if storage._cdata not in param_storages:
-            saved[backend.trainable][storage._cdata] = storage.nbytes()
+            saved[backend.trainable][storage._cdata] = storage
         return t
 
-    x = torch.zeros(batch, *model.data_shape_at(lod), device="meta")
+    x = torch.zeros(batch, *model.data_shape_at(lod), device=device)
     with FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         soft_intro_step(backend, x, ObjectiveConfig(), scale=1.0)
-    return _Measurement(counter.get_total_flops(), max(sum(s.values()) for s in saved.values()), backend.got_grad)
+    saved_bytes = max(sum(s.nbytes() for s in step.values()) for step in saved.values())
+    return _Measurement(counter.get_total_flops(), saved_bytes, backend.got_grad)
 
 
 def summarize_level(cfg: ModelConfig, lod: int | None = None) -> LevelSummary:
