@@ -6,10 +6,11 @@ blend = 1, and prints per level: the batch, seconds per iteration, images/s, the
 (FLOPs per image from `models.summary`, FlopCounterMode), and peak memory:
 - on CUDA: torch.cuda.max_memory_allocated during the timed iterations (model and optimizer state
   included);
-- on CPU: the peak resident-set growth during the timed iterations over the RSS just before them
-  (sampled every 2 ms from /proc/self/statm; model and optimizer state are already resident, so this
-  is activations, gradients and allocator slack), next to the fp32 bytes autograd saves for backward
-  per image from `models.summary` times the batch.
+- on CPU: the peak resident-set size during the warm-up and timed iterations minus the RSS after the
+  model and optimizers were built (sampled every 2 ms from /proc/self/statm, freed heap returned to
+  the system first with malloc_trim): gradients, Adam state (created at the first step), activations
+  and allocator slack, next to the fp32 bytes autograd saves for backward per image from
+  `models.summary` times the batch.
 
     python benchmarks/model_step.py [--config configs/ffhq256.yaml] [--levels 4 8 16]
         [--batches 8 8 8] [--warmup 1] [--iters 2] [--threads 2]
@@ -19,6 +20,8 @@ blend = 1, and prints per level: the batch, seconds per iteration, images/s, the
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import os
 import platform
 import threading
@@ -43,10 +46,18 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * PAGE
 
 
+def release_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system, so that RSS counts live memory."""
+    gc.collect()
+    if platform.system() == "Linux":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class PeakRSS:
     """Samples the resident set size in a background thread while active."""
 
     def __enter__(self) -> PeakRSS:
+        release_free_memory()
         self.base = self.peak = rss_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -108,12 +119,12 @@ def bench_level(run: RunConfig, resolution: int, batch: int, args: argparse.Name
         objective = type(objective)(**{**vars(objective), "beta_neg": level.beta_neg})
     scale = objective.scale or 1.0 / model.input_dim(lod)
 
-    for _ in range(args.warmup):  # first iterations: allocator growth, kernel selection, compilation
-        soft_intro_step(backend, x, objective, scale)
-    synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     with PeakRSS() as rss:
+        for _ in range(args.warmup):  # first iterations: allocator growth, kernel selection, compilation
+            soft_intro_step(backend, x, objective, scale)
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         for _ in range(args.iters):
             soft_intro_step(backend, x, objective, scale)
@@ -164,7 +175,7 @@ def main() -> None:
     print(f"# {args.config.name}: device {device} ({machine}), precision {args.precision}, "
           f"channels_last {args.channels_last}, compile {args.compile}, threads {torch.get_num_threads()}, "
           f"{args.warmup} warm-up + {args.iters} timed iterations per level; load average {load}")
-    memory = "peak allocated MiB" if device.startswith("cuda") else "peak RSS growth MiB"
+    memory = "peak allocated MiB" if device.startswith("cuda") else "peak RSS over the built model, MiB"
     print(f"| level | batch | s/iteration | images/s | GFLOP/s | {memory} | saved-for-backward MiB (fp32) |")
     print("|---|---|---|---|---|---|---|")
     for resolution, batch in zip(levels, batches):

@@ -57,13 +57,13 @@ class _GradientRecordingBackend(Backend):
 
 
 @dataclass
-class _Measurement:
+class IterationMeasurement:
     flops: int
     saved_bytes: int  # the larger step
     got_grad: set[str]
 
 
-def _measure(model: VAE, lod: int | None, batch: int) -> _Measurement:
+def measure_iteration(model: VAE, lod: int | None, batch: int) -> IterationMeasurement:
     """One iteration at `batch` on the model's device (meta for the summary; real tensors give the same)."""
     device = next(model.parameters()).device
     backend = _GradientRecordingBackend(model, device)
@@ -82,7 +82,7 @@ def _measure(model: VAE, lod: int | None, batch: int) -> _Measurement:
     with FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         soft_intro_step(backend, x, ObjectiveConfig(), scale=1.0)
     saved_bytes = max(sum(s.nbytes() for s in step.values()) for step in saved.values())
-    return _Measurement(counter.get_total_flops(), saved_bytes, backend.got_grad)
+    return IterationMeasurement(counter.get_total_flops(), saved_bytes, backend.got_grad)
 
 
 def summarize_level(cfg: ModelConfig, lod: int | None = None) -> LevelSummary:
@@ -90,7 +90,7 @@ def summarize_level(cfg: ModelConfig, lod: int | None = None) -> LevelSummary:
     with torch.device("meta"):
         model = build_model(cfg)
     model.train()
-    one, two = _measure(model, lod, 1), _measure(model, lod, 2)
+    one, two = measure_iteration(model, lod, 1), measure_iteration(model, lod, 2)
     params = dict(model.named_parameters())
     level = model.max_lod if lod is None else lod
     return LevelSummary(

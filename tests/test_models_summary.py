@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models import ModelConfig, build_model
-from models.summary import _measure, parameter_counts, summarize_level
+from models.summary import measure_iteration, parameter_counts, summarize_level
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ModelConfig(max_resolution=32, start_channels=8, max_channels=32, latent_dim=16, mapping_layers=2,
@@ -95,8 +95,8 @@ def test_activation_memory_on_meta_matches_real_tensors_and_scales_with_the_batc
     with torch.device("meta"):
         meta = build_model(SMALL).train()
     for batch in (1, 3):
-        assert _measure(meta, 2, batch).saved_bytes == _measure(real, 2, batch).saved_bytes
-    b1, b2, b3 = (_measure(meta, 2, b).saved_bytes for b in (1, 2, 3))
+        assert measure_iteration(meta, 2, batch).saved_bytes == measure_iteration(real, 2, batch).saved_bytes
+    b1, b2, b3 = (measure_iteration(meta, 2, b).saved_bytes for b in (1, 2, 3))
     assert b3 - b2 == b2 - b1 > 0
     # at least the input images and the decoded outputs of one step are kept for backward
     assert summarize_level(SMALL, 2).activation_bytes_per_image > 2 * 3 * 16 * 16 * 4
