@@ -5,6 +5,10 @@ An encoder maps (x, lod, blend) -> (mu, logvar); a decoder maps (z, lod, blend, 
 that level in [0, 1]; architectures that do not grow ignore both. `mixing=True` marks z as a
 prior sample: a style-based decoder in training mode may then apply style mixing (reconstructions
 are decoded with mixing=False); other architectures ignore it.
+
+Levels map to resolutions as 4 * 2**lod (models.progressive); `lod=None` is the top level,
+`max_lod`. Non-progressive image models have max_lod = log2(resolution) - 2 and ignore lod and
+blend; the mlp has max_lod = 0.
 """
 
 from __future__ import annotations
@@ -52,7 +56,25 @@ class VAE(nn.Module):
         return math.prod(self.data_shape_at(lod))
 
     @torch.no_grad()
-    def sample(self, n: int, lod: int | None = None, blend: float = 1.0, generator=None) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        lod: int | None = None,
+        blend: float = 1.0,
+        *,
+        truncation_psi: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Decode `n` prior samples at level `lod` (None: the top level), without style mixing.
+
+        `truncation_psi` (style decoder only) pulls the styles toward the decoder's tracked average w:
+        w_avg + psi * (w - w_avg) on the first `truncation_cutoff` style slots; None or 1.0 means none.
+        Call it in eval mode (BatchNorm and the w_avg update depend on the mode).
+        """
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, generator=generator, device=device)
-        return self.decode(z, lod, blend)
+        if truncation_psi is None:
+            return self.decode(z, lod, blend)
+        if not getattr(self.decoder, "supports_truncation", False):
+            raise ValueError(f"{type(self.decoder).__name__} has no average w to truncate toward")
+        return self.decoder(z, lod, blend, False, truncation_psi=truncation_psi)

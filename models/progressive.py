@@ -1,0 +1,48 @@
+"""Progressive growing: levels of detail, the resampling between them, and the fade-in of real images.
+
+Level `lod` works on images of `4 * 2**lod` pixels (lod 0 = 4px, 6 = 256px, 8 = 1024px). While a
+new level fades in, its blend rises from 0 to 1: the networks mix the new level's path with the
+previous level's (DESIGN.md 3), and the real images are mixed the same way, so that at blend = 0
+everything is the previous level's function seen through nearest-neighbour upsampling.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def resolution_of(lod: int) -> int:
+    """Image side length at level `lod`."""
+    if lod < 0:
+        raise ValueError(f"level must be >= 0, got {lod}")
+    return 4 * 2**lod
+
+
+def lod_of(resolution: int) -> int:
+    """The level whose images are `resolution` pixels wide (a power of two >= 4)."""
+    if resolution < 4 or resolution & (resolution - 1):
+        raise ValueError(f"resolution must be a power of two >= 4, got {resolution}")
+    return resolution.bit_length() - 3
+
+
+def downsample(x: Tensor) -> Tensor:
+    """Halve the resolution by 2x2 averaging (how lower levels see the data)."""
+    return F.avg_pool2d(x, 2)
+
+
+def upsample(x: Tensor) -> Tensor:
+    """Double the resolution by pixel repetition (how a lower level's output is shown at the next one)."""
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def fade_real_images(x: Tensor, blend: float) -> Tensor:
+    """Real images as the trainer feeds them during a fade-in: lerp(upsample(downsample(x)), x, blend).
+
+    At blend = 1 this is x itself (no work is done); at blend = 0 it carries only the previous
+    level's detail.
+    """
+    if blend >= 1.0:
+        return x
+    return torch.lerp(upsample(downsample(x)), x, float(blend))

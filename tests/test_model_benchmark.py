@@ -1,0 +1,25 @@
+"""benchmarks/model_step.py runs end to end (no timings are checked: speed figures live in RESULTS.md)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_model_step_benchmark_runs_on_a_tiny_config(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: {max_resolution: 8, start_channels: 4, max_channels: 8, latent_dim: 8, mapping_layers: 1}\n"
+        "train: {schedule: [{resolution: 4, batch: 4}, {resolution: 8, batch: 4}]}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "model_step.py"), "--config", str(config), "--warmup", "0",
+         "--iters", "1", "--batches", "2", "--threads", "1"],
+        capture_output=True, text=True, cwd=ROOT, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 4px") or line.startswith("| 8px")]
+    assert len(rows) == 2 and all(row.split("|")[2].strip() == "2" for row in rows)
