@@ -253,8 +253,10 @@ class TrainStream:
             batches: Iterator[tuple[int, int, int]] = iter(self._dataset(slots))
         else:
             slots = torch.empty((self.workers, _PREFETCH + 2, b, 3, r, r), dtype=torch.uint8).share_memory_()
+            # An explicit generator: without one, every DataLoader iterator draws its base seed from the
+            # global torch RNG, and re-opening the stream on resume would shift the trainer's noise.
             batches = iter(DataLoader(self._dataset(slots), batch_size=None, num_workers=self.workers,
-                                      prefetch_factor=_PREFETCH))
+                                      prefetch_factor=_PREFETCH, generator=torch.Generator().manual_seed(0)))
         for worker, slot, skipped in batches:
             yield Batch(_hand_out(slots[worker, slot], self.as_uint8, self.pin_memory), int(skipped))
 
@@ -325,5 +327,7 @@ def eval_batches(data_dir: str | Path, split: str, resolution: int, batch_size: 
     manifest, shards = _open_shards(data_dir, split, resolution)  # errors now, not at the first batch
     plan = eval_plan([s.count for s in shards], batch_size, rank, world_size)
     dataset = _EvalDataset(plan, shards, manifest.encoding(resolution), resolution)
-    batches = dataset if workers == 0 else DataLoader(dataset, batch_size=None, num_workers=min(workers, len(plan)))
+    batches = dataset if workers == 0 else DataLoader(
+        dataset, batch_size=None, num_workers=min(workers, len(plan)), generator=torch.Generator().manual_seed(0)
+    )
     return (b if as_uint8 else b._replace(images=to_unit_range(b.images)) for b in batches)

@@ -14,7 +14,6 @@ from torch.utils.tensorboard import SummaryWriter
 from train.images import grid, save_png
 from train.run_dir import RunDir
 from train.schedule import Position
-from train.schema import RunConfig
 
 CONSOLE_TERMS = ("rec", "kl_real", "kl_fake", "diff_kl", "exp_elbo_fake", "loss_vae")
 
@@ -30,24 +29,24 @@ def format_duration(seconds: float) -> str:
 
 
 class Logger:
-    def __init__(self, run_dir: RunDir, cfg: RunConfig, env, total_images: int):
-        self.run_dir, self.cfg, self.total_images = run_dir, cfg, total_images
+    def __init__(self, run_dir: RunDir, total_images: int, start_images: int):
+        self.run_dir, self.total_images = run_dir, total_images
         self.writer = SummaryWriter(log_dir=str(run_dir.tb))
         self.sums: dict[str, Tensor] = {}
         self.count = 0
-        self.skipped_samples = 0
-        self.last_time, self.last_images = time.perf_counter(), None
+        self.last_time, self.last_images = time.perf_counter(), start_images
 
-    def accumulate(self, stats: dict[str, Tensor], skipped_samples: int) -> None:
+    def accumulate(self, stats: dict[str, Tensor]) -> None:
         for key, value in stats.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
         self.count += 1
-        self.skipped_samples += skipped_samples
 
-    def write_scalars(self, images: int, pos: Position, lr: float, skipped_updates: dict[str, int], memory: int):
+    def write_scalars(self, images: int, pos: Position, lr: float, progress, memory: int) -> None:
+        """Means of the loss terms since the last call, the schedule position, speed, memory and
+        the skip counters (`progress`: the trainer's Progress)."""
         kimg = images / 1000
         now = time.perf_counter()
-        rate = 0.0 if self.last_images is None else (images - self.last_images) / max(now - self.last_time, 1e-9)
+        rate = (images - self.last_images) / max(now - self.last_time, 1e-9)
         self.last_time, self.last_images = now, images
         means = {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}  # one host sync per interval
         step = images
@@ -60,8 +59,8 @@ class Logger:
         self.writer.add_scalar("progress/lr", lr, step)
         self.writer.add_scalar("speed/images_per_second", rate, step)
         self.writer.add_scalar("resources/memory_gib", memory / 2**30, step)
-        self.writer.add_scalar("data/skipped_samples", self.skipped_samples, step)
-        for net, count in skipped_updates.items():
+        self.writer.add_scalar("data/skipped_samples", progress.skipped_samples, step)
+        for net, count in progress.skipped_updates.items():
             self.writer.add_scalar(f"skipped_updates/{net}", count, step)
         self.writer.flush()
         eta = (self.total_images - images) / rate if rate > 0 else float("inf")

@@ -67,13 +67,13 @@ class RunDir:
                 f"(use a new --run-dir, or the stored {self.config})",
             )
 
-    def prepare(self, cfg: RunConfig, write_config: bool = True) -> bool:
-        """Create the layout; returns whether an existing run is being resumed."""
+    def prepare(self, cfg: RunConfig) -> bool:
+        """Create the layout and write the resolved config; returns whether an existing run is
+        being resumed (after refusing a conflicting config)."""
         resumed = self.exists()
         if resumed:
             self.check_resume(cfg)
-        if write_config:
-            for path in (self.checkpoints, self.snapshots, self.tb, self.samples):
-                path.mkdir(parents=True, exist_ok=True)
-            dump_yaml(cfg, self.config)
+        for path in (self.checkpoints, self.snapshots, self.tb, self.samples):
+            path.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, self.config)
         return resumed

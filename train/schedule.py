@@ -7,9 +7,9 @@ fade in from and trains at blend 1 throughout. The last level extends to the end
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from models.progressive import lod_of
 from train.schema import LevelConfig
 
 
@@ -21,10 +21,6 @@ class Position:
     blend: float
     level_start_kimg: float
     config: LevelConfig
-
-
-def lod_of(resolution: int) -> int:
-    return int(math.log2(resolution)) - 2
 
 
 def level_starts(levels: list[LevelConfig]) -> list[float]:

@@ -1,9 +1,9 @@
 """Progressive Soft-IntroVAE training: the loop, resume, EMA, checkpoints, logging.
 
-`Trainer.run` is the whole loop on one screen: find the schedule position, (re)open the data
+`Trainer._loop` is the whole loop on one screen: find the schedule position, (re)open the data
 stream at a level switch, run `training_step` on the micro-batches of one global batch, update the
-EMA, then whatever the cadences ask for (log, sample grids, checkpoint, snapshot). Everything
-else -- restoring, saving, logging -- is a small method beside it.
+EMA, then whatever the cadences ask for (log, sample grids, checkpoint, snapshot). Restoring,
+saving and logging are small methods beside it.
 """
 
 from __future__ import annotations
@@ -20,17 +20,16 @@ import torch
 
 from data_pipeline.loader import TrainStream, eval_batches
 from data_pipeline.manifest import load_manifest
-from models import build_model
-from models.progressive import fade_real_images
+from models import build_model, fade_real_images
 from train import checkpoint
-from train.backend import LocalBackend
-from train.config import to_dict
+from train.backend import Backend, LocalBackend
+from train.config import ConfigError, to_dict
 from train.distributed import AccelerateBackend, DistEnv, all_gather_objects, barrier, broadcast_object
 from train.ema import ema_beta, update_ema
 from train.logger import Logger
 from train.run_dir import RunDir
 from train.schedule import Position, position, schedule_kimg
-from train.schema import RunConfig
+from train.schema import ObjectiveConfig, RunConfig
 from train.snapshot import write_snapshot
 from train.steps import training_step
 
@@ -47,6 +46,8 @@ class Progress:
     level_iterations: int = 0  # iterations at the current level: the data stream's position
     rollbacks: int = 0
     skipped_updates: dict[str, int] = field(default_factory=lambda: {"encoder": 0, "decoder": 0, "both": 0})
+    skipped_samples: int = 0  # unreadable samples the data stream replaced
+    data_digest: str = ""  # the manifest digest of the data trained on
 
 
 class TrainingDiverged(RuntimeError):
@@ -60,31 +61,37 @@ def check_data(cfg: RunConfig) -> None:
         manifest.check("train", level.resolution)
 
 
+def make_optimizers(model: torch.nn.Module, cfg: RunConfig) -> dict[str, torch.optim.Optimizer]:
+    t = cfg.train
+    return {
+        name: torch.optim.Adam(
+            getattr(model, name).parameters(), lr=t.schedule[0].lr, betas=tuple(t.optimizer.betas), eps=t.optimizer.eps
+        )
+        for name in ("encoder", "decoder")
+    }
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, env: DistEnv, accelerator=None):
         self.cfg, self.env, self.run_dir = cfg, env, RunDir(Path(run_dir))
         t = cfg.train
-        self.total_images = round(1000 * (t.total_kimg if t.total_kimg is not None else schedule_kimg(t.schedule)))
+        total_kimg = t.total_kimg if t.total_kimg is not None else schedule_kimg(t.schedule)
+        self.total_images = round(1000 * total_kimg)
         self.warmup_images = round(1000 * t.vae_warmup_kimg)
         for level in t.schedule:  # refuse an impossible batch layout before any work
             self.layout(level.batch)
-        torch.manual_seed(t.seed * 1009 + env.rank)  # per-rank noise streams; the data stream has its own seeds
+        torch.manual_seed(self.noise_seed(rollbacks=0))
 
         self.model = build_model(cfg.model).to(env.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.optimizers = {
-            name: torch.optim.Adam(getattr(self.model, name).parameters(), lr=t.schedule[0].lr,
-                                   betas=tuple(t.optimizer.betas), eps=t.optimizer.eps)
-            for name in ("encoder", "decoder")
-        }  # fmt: skip
+        self.optimizers = make_optimizers(self.model, cfg)
+        options = {"precision": t.precision, "grad_clip": t.grad_clip}
         if accelerator is None:
-            self.backend = LocalBackend(self.model, self.optimizers, device=env.device, precision=t.precision,
-                                        grad_clip=t.grad_clip)  # fmt: skip
+            self.backend: Backend = LocalBackend(self.model, self.optimizers, device=env.device, **options)
         else:
-            self.backend = AccelerateBackend(self.model, self.optimizers, accelerator, precision=t.precision,
-                                             grad_clip=t.grad_clip)  # fmt: skip
+            self.backend = AccelerateBackend(self.model, self.optimizers, accelerator, **options)
         if t.compile:
             self.model.encoder.compile()
             self.model.decoder.compile()
@@ -95,12 +102,31 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
-        resumed = self.run_dir.prepare(self.cfg, write_config=self.env.is_main)
-        barrier(self.env.world_size)
+        # Rank 0 alone looks at and writes the run directory, then tells the others: a rank that
+        # looked itself could see rank 0's fresh config.yaml and take a new run for a resumed one.
+        verdict: tuple[bool, str | None] = (False, None)
+        if self.env.is_main:
+            try:
+                verdict = (self.run_dir.prepare(self.cfg), None)
+            except ConfigError as exc:
+                verdict = (False, str(exc))
+        resumed, refusal = broadcast_object(verdict, self.env.world_size)
+        if refusal is not None:
+            raise ConfigError("", refusal)
         if resumed:
             self.restore_latest()
-        self.logger = Logger(self.run_dir, self.cfg, self.env, self.total_images) if self.env.is_main else None
-        self._install_signal_handlers()
+        if self.env.is_main:
+            self.logger = Logger(self.run_dir, self.total_images, self.progress.images)
+        previous_handlers = self._install_signal_handlers()
+        try:
+            return self._loop()
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            if self.logger:
+                self.logger.close()
+
+    def _loop(self) -> int:
         t = self.cfg.train
         while self.progress.images < self.total_images:
             pos = position(t.schedule, self.progress.images / 1000)
@@ -109,34 +135,32 @@ class Trainer:
             if self.stream is None:
                 self.open_stream(pos)
             self.backend.set_level(pos.lod, pos.blend)
-            for opt in self.optimizers.values():
-                for group in opt.param_groups:
-                    group["lr"] = pos.config.lr
-            micro_batches, skipped_samples = self.next_micro_batches(pos)
-            stats = training_step(self.backend, micro_batches, self.objective_at(pos), self.loss_scale(pos),
-                                  warmup=self.progress.images < self.warmup_images)  # fmt: skip
+            self.set_lr(pos.config.lr)
+            micro_batches = self.next_micro_batches(pos)
+            warmup = self.progress.images < self.warmup_images
+            stats = training_step(self.backend, micro_batches, self.objective_at(pos), self.loss_scale(pos), warmup)
             update_ema(self.ema, self.model, ema_beta(pos.config.batch, t.ema_halflife_kimg))
 
-            before = self.progress.images
+            images_before = self.progress.images
             self.progress.images += pos.config.batch
             self.progress.iteration += 1
             self.progress.level_iterations += 1
             if self.logger:
-                self.logger.accumulate(stats, skipped_samples)
+                self.logger.accumulate(stats)
             if self.backend.consecutive_skips >= t.max_consecutive_skips:
                 self.roll_back()
                 continue
-            self.after_iteration(before, pos)
+            self.after_iteration(images_before, pos)
             if self.agree_to_stop():
                 self.save_checkpoint()
-                self.log(f"stopped by signal at kimg {self.progress.images / 1000:.3f}; checkpoint written")
+                self.log(f"stop signal: checkpoint written at kimg {self.progress.images / 1000:.3f}; exiting")
                 return EXIT_PREEMPTED
         self.save_checkpoint()
         self.save_snapshot(position(t.schedule, self.progress.images / 1000))
-        if self.logger:
-            self.logger.close()
-            self.log(f"done: {self.progress.images / 1000:.3f} kimg. TensorBoard: {self.run_dir.tb}  "
-                     f"samples: {self.run_dir.samples}  snapshots: {self.run_dir.snapshots}")  # fmt: skip
+        self.log(
+            f"done at kimg {self.progress.images / 1000:.3f}. TensorBoard: tensorboard --logdir {self.run_dir.tb}  "
+            f"sample grids: {self.run_dir.samples}  snapshots: {self.run_dir.snapshots}"
+        )
         return EXIT_OK
 
     def after_iteration(self, images_before: int, pos: Position) -> None:
@@ -144,11 +168,13 @@ class Trainer:
         t, now = self.cfg.train, self.progress.images
 
         def crossed(every_kimg: float) -> bool:
-            step = max(1, round(every_kimg * 1000))
-            return now // step > images_before // step or now >= self.total_images
+            every = max(1, round(every_kimg * 1000))
+            return now // every > images_before // every or now >= self.total_images
 
         if self.logger and crossed(t.log_every_kimg):
-            self.logger.write_scalars(now, pos, self._lr(), self.backend.skipped, self._memory_bytes())
+            self.progress.skipped_updates = dict(self.backend.skipped)
+            lr = self.optimizers["encoder"].param_groups[0]["lr"]
+            self.logger.write_scalars(now, pos, lr, self.progress, self._memory_bytes())
         if crossed(t.sample_every_kimg):
             self.save_samples(pos)
         if crossed(t.checkpoint_every_kimg) and now < self.total_images:
@@ -162,69 +188,86 @@ class Trainer:
         world = self.env.world_size
         per_device = self.cfg.train.per_device_batch or global_batch // world
         if per_device < 1 or global_batch % (per_device * world):
-            raise ValueError(
-                f"train.schedule: a global batch of {global_batch} cannot be split into per-device batches of "
-                f"{per_device} on {world} process(es); choose train.per_device_batch so that per_device_batch x "
-                f"world size divides {global_batch}"
+            raise ConfigError(
+                "train.per_device_batch",
+                f"a global batch of {global_batch} cannot be split into per-device batches of {per_device} on "
+                f"{world} process(es); choose a per_device_batch such that per_device_batch x {world} divides "
+                f"{global_batch}",
             )
         return per_device, global_batch // (per_device * world)
 
     def enter_level(self, pos: Position) -> None:
-        first = self.progress.level < 0
+        if self.progress.level >= 0 and self.cfg.train.reset_optimizer_on_level:
+            for opt in self.optimizers.values():
+                opt.state.clear()  # the reference resets Adam at every level switch
         self.progress.level, self.progress.level_iterations = pos.level, 0
         self.stream = None
-        if not first and self.cfg.train.reset_optimizer_on_level:
-            for opt in self.optimizers.values():
-                opt.state.clear()
-        self.log(f"level {pos.level}: {pos.resolution}px, batch {pos.config.batch}, lr {pos.config.lr:g}")
+        self.log(f"level {pos.level}: {pos.resolution}px, global batch {pos.config.batch}, lr {pos.config.lr:g}")
 
     def open_stream(self, pos: Position) -> None:
         per_device, accumulation = self.layout(pos.config.batch)
-        self.stream = iter(
-            TrainStream(
-                self.cfg.data.path, pos.resolution, per_device,
-                rank=self.env.rank, world_size=self.env.world_size,
-                seed=self.cfg.train.seed * 1000 + pos.level + 7919 * self.progress.rollbacks,
-                start_batch=self.progress.level_iterations * accumulation,
-                workers=self.cfg.data.workers, shuffle_buffer=self.cfg.data.shuffle_buffer, flip=self.cfg.data.flip,
-            )
-        )  # fmt: skip
+        d = self.cfg.data
+        stream = TrainStream(
+            d.path,
+            pos.resolution,
+            per_device,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            seed=self.cfg.train.seed * 1000 + pos.level + 7919 * self.progress.rollbacks,
+            start_batch=self.progress.level_iterations * accumulation,
+            workers=d.workers,
+            shuffle_buffer=d.shuffle_buffer,
+            flip=d.flip,
+        )
+        digest = stream.manifest.digest
+        if self.progress.data_digest and digest != self.progress.data_digest:
+            self.log(f"note: the data set at {d.path} differs from the one this run started on (digest changed)")
+        self.progress.data_digest = digest
+        self.stream = iter(stream)
 
-    def next_micro_batches(self, pos: Position) -> tuple[list[torch.Tensor], int]:
+    def next_micro_batches(self, pos: Position) -> list[torch.Tensor]:
         _, accumulation = self.layout(pos.config.batch)
-        micro, skipped = [], 0
+        micro = []
         for _ in range(accumulation):
             batch = next(self.stream)
-            skipped += batch.skipped
+            self.progress.skipped_samples += batch.skipped
             x = batch.images.to(self.env.device, non_blocking=True)
             if self.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             micro.append(fade_real_images(x, pos.blend))
-        return micro, skipped
+        return micro
 
-    def objective_at(self, pos: Position):
+    def set_lr(self, lr: float) -> None:
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def objective_at(self, pos: Position) -> ObjectiveConfig:
         beta_neg = pos.config.beta_neg
-        objective = self.cfg.objective
-        return objective if beta_neg is None else dataclasses.replace(objective, beta_neg=beta_neg)
+        return self.cfg.objective if beta_neg is None else dataclasses.replace(self.cfg.objective, beta_neg=beta_neg)
 
     def loss_scale(self, pos: Position) -> float:
         """s of DESIGN.md 2: fixed at the top resolution by default (as the reference), or per level."""
         objective = self.cfg.objective
         if objective.scale is not None:
             return objective.scale
-        lod = pos.lod if objective.scale_per_resolution else None
-        return 1.0 / self.model.input_dim(lod)
+        return 1.0 / self.model.input_dim(pos.lod if objective.scale_per_resolution else None)
+
+    def noise_seed(self, rollbacks: int) -> int:
+        """Per-rank noise streams (prior samples, reparameterisation, style noise); a rollback
+        draws different noise, or the same divergence would replay exactly."""
+        return self.cfg.train.seed * 1009 + self.env.rank + 104729 * rollbacks
 
     # ---- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        rngs = all_gather_objects(checkpoint.capture_rng(), self.env.world_size)
+        self.progress.skipped_updates = dict(self.backend.skipped)
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
             "scalers": {k: v.state_dict() for k, v in self.backend.scalers.items()},
-            "progress": dataclasses.asdict(self.progress) | {"skipped_updates": dict(self.backend.skipped)},
-            "rng": rngs,
+            "progress": dataclasses.asdict(self.progress),
+            "rng": all_gather_objects(checkpoint.capture_rng(), self.env.world_size),  # every rank's
             "world_size": self.env.world_size,
             "config": to_dict(self.cfg),
         }
@@ -238,15 +281,14 @@ class Trainer:
             scaler.load_state_dict(state["scalers"][k])
         self.progress = Progress(**state["progress"])
         self.backend.skipped = dict(self.progress.skipped_updates)
-        rngs = state["rng"]
         if state["world_size"] == self.env.world_size:
-            checkpoint.restore_rng(rngs[self.env.rank])
+            checkpoint.restore_rng(state["rng"][self.env.rank])
         else:
-            self.log(f"world size changed {state['world_size']} -> {self.env.world_size}: RNG streams reseeded")
+            self.log(f"world size {state['world_size']} -> {self.env.world_size}: noise streams reseeded")
         self.stream = None
 
     def save_checkpoint(self) -> None:
-        state = self.state_dict()  # collective (RNG gather): every rank
+        state = self.state_dict()  # collective (the RNG gather): every rank takes part
         if self.env.is_main:
             path = checkpoint.checkpoint_path(self.run_dir.checkpoints, self.progress.images)
             checkpoint.save(path, state)
@@ -260,60 +302,65 @@ class Trainer:
             self.log("no readable checkpoint: starting from scratch")
             return False
         self.load_state_dict(state)
-        self.log(f"resumed from {found[0].name if found else 'checkpoint'} at kimg {self.progress.images / 1000:.3f}")
+        self.log(f"resumed at kimg {self.progress.images / 1000:.3f}" + (f" from {found[0].name}" if found else ""))
         return True
 
     def roll_back(self) -> None:
-        skips = self.backend.consecutive_skips
-        rollbacks = self.progress.rollbacks + 1
+        skips, rollbacks = self.backend.consecutive_skips, self.progress.rollbacks + 1
+        where = f"kimg {self.progress.images / 1000:.3f}"
         if rollbacks > self.cfg.train.max_rollbacks:
             raise TrainingDiverged(
-                f"{skips} consecutive non-finite updates again after {rollbacks - 1} rollback(s) at kimg "
-                f"{self.progress.images / 1000:.3f}: the run diverges. Lower the learning rate or beta_neg, or use "
-                f"fp32/bf16, and resume from {self.run_dir.checkpoints}"
+                f"{skips} consecutive non-finite updates at {where}, after {rollbacks - 1} rollback(s): the run "
+                f"diverges. Lower the learning rate or beta_neg, or train in fp32/bf16; checkpoints in "
+                f"{self.run_dir.checkpoints}"
             )
-        self.log(f"{skips} consecutive non-finite updates: rolling back to the last checkpoint (rollback {rollbacks})")
+        self.log(f"{skips} consecutive non-finite updates at {where}: rolling back to the last checkpoint")
         if not self.restore_latest():
-            raise TrainingDiverged("non-finite updates before any checkpoint was written: the run diverges at start")
-        # a different noise and data order this time, or the same divergence would replay exactly
+            raise TrainingDiverged(f"{skips} consecutive non-finite updates at {where}, before any checkpoint")
         self.progress.rollbacks = rollbacks
-        torch.manual_seed(self.cfg.train.seed * 1009 + self.env.rank + 104729 * rollbacks)
+        torch.manual_seed(self.noise_seed(rollbacks))
         self.backend.consecutive_skips = 0
 
     def save_snapshot(self, pos: Position) -> None:
-        if not self.env.is_main:
-            return
-        write_snapshot(
-            self.run_dir.snapshots, images=self.progress.images, config=to_dict(self.cfg),
-            lod=pos.lod, blend=pos.blend, resolution=pos.resolution,
-            encoder=self.ema.encoder.state_dict(), decoder=self.ema.decoder.state_dict(),
-        )  # fmt: skip
+        if self.env.is_main:
+            write_snapshot(
+                self.run_dir.snapshots,
+                images=self.progress.images,
+                config=to_dict(self.cfg),
+                lod=pos.lod,
+                blend=pos.blend,
+                resolution=pos.resolution,
+                encoder=self.ema.encoder.state_dict(),
+                decoder=self.ema.decoder.state_dict(),
+            )
 
     @torch.no_grad()
-    def save_samples(self, pos: Position) -> None:
-        """Grids of EMA samples from fixed z and of EMA reconstructions of fixed test images."""
+    def save_samples(self, pos: Position, count: int = 32, reconstructions: int = 16) -> None:
+        """Grids of EMA samples from fixed z and of EMA reconstructions of fixed test images. Runs
+        on its own RNG state, so that sampling never changes the training's random stream."""
         if not self.env.is_main:
             return
-        with torch.random.fork_rng(devices=[self.env.device] if self.env.device.type == "cuda" else []):
-            torch.manual_seed(0)
-            n = 32
-            z = torch.randn(n, self.model.latent_dim, generator=torch.Generator().manual_seed(self.cfg.train.seed))
-            samples = self.ema.decode(z.to(self.env.device), pos.lod, pos.blend)
-            test = next(iter(eval_batches(self.cfg.data.path, "test", pos.resolution, 16)), None)
-            recon = None
-            if test is not None:
-                x = test[0][test[1]].to(self.env.device)
+        devices = [self.env.device] if self.env.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.train.seed)
+            z = torch.randn(count, self.model.latent_dim, device=self.env.device)
+            samples = self.ema.decode(z, pos.lod, pos.blend)
+            test = next(iter(eval_batches(self.cfg.data.path, "test", pos.resolution, reconstructions)), None)
+            pairs = None
+            if test is not None and bool(test.valid.any()):
+                x = test.images[test.valid].to(self.env.device)
                 mu, _ = self.ema.encode(x, pos.lod, pos.blend)
-                recon = torch.cat([x, self.ema.decode(mu, pos.lod, pos.blend)])
-        self.logger.write_images(self.progress.images, samples, recon)
+                pairs = torch.cat([x, self.ema.decode(mu, pos.lod, pos.blend)])
+        self.logger.write_images(self.progress.images, samples, pairs)
 
     # ---- preemption -------------------------------------------------------------------------
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict:
+        """SIGTERM and SIGUSR1 (Slurm's warning before the time limit) ask for a checkpoint and exit."""
+
         def request_stop(signum, _frame):
             self.stop_requested = True
 
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, request_stop)
+        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
 
     def agree_to_stop(self) -> bool:
         """Every rank stops at the same iteration if any rank got a stop signal."""
@@ -324,9 +371,6 @@ class Trainer:
         return bool(flag.item())
 
     # ---- small helpers ----------------------------------------------------------------------
-    def _lr(self) -> float:
-        return self.optimizers["encoder"].param_groups[0]["lr"]
-
     def _memory_bytes(self) -> int:
         if self.env.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.env.device)
@@ -335,4 +379,3 @@ class Trainer:
     def log(self, message: str) -> None:
         if self.env.is_main:
             print(f"[sivae train] {message}", file=sys.stderr, flush=True)
-

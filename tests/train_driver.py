@@ -1,0 +1,57 @@
+"""`sivae train` with test instrumentation, for trainer tests that need a separate process.
+
+Environment switches (all optional):
+- SIVAE_TEST_KILL_IN_CHECKPOINT=N: SIGKILL the process in the middle of writing its N-th checkpoint
+  (after part of the file is written), as a node failure would.
+- SIVAE_TEST_RECORD=DIR: each rank writes DIR/rank{r}.pt with the sha1 of every training batch it
+  drew and its final model parameters.
+"""
+
+import hashlib
+import os
+import signal
+import sys
+
+import torch
+
+import train.checkpoint
+import train.trainer
+from launch.cli import main
+
+kill_at = int(os.environ.get("SIVAE_TEST_KILL_IN_CHECKPOINT", "0"))
+if kill_at:
+    saves = {"count": 0}
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("format") == train.checkpoint.FORMAT:
+            saves["count"] += 1
+            if saves["count"] == kill_at:
+                f.write(b"PK\x03\x04" + b"\0" * 4096)  # the start of a zip archive, then death
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, f, *args, **kwargs)
+
+    torch.save = save
+
+record_dir = os.environ.get("SIVAE_TEST_RECORD")
+if record_dir:
+    batches: list[str] = []
+    real_next = train.trainer.Trainer.next_micro_batches
+    real_run = train.trainer.Trainer.run
+
+    def next_micro_batches(self, pos):
+        micro = real_next(self, pos)
+        batches.extend(hashlib.sha1(x.cpu().numpy().tobytes()).hexdigest() for x in micro)
+        return micro
+
+    def run(self):
+        code = real_run(self)
+        params = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        torch.save({"batches": batches, "params": params}, os.path.join(record_dir, f"rank{self.env.rank}.pt"))
+        return code
+
+    train.trainer.Trainer.next_micro_batches = next_micro_batches
+    train.trainer.Trainer.run = run
+
+sys.exit(main(sys.argv[1:]))
