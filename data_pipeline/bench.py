@@ -1,4 +1,4 @@
-"""Loader speed against PIL decoding of the same images (`sivae data bench`, benchmarks/data_pipeline.py).
+"""Loader speed against PIL decoding of the same images (`sivae data bench`, benchmarks/data_loader_speed.py).
 
 Rates per resolution, in images per second, all in one run over the same images:
 - loader: `TrainStream` batches as the trainer gets them (float32 [B, 3, R, R], shuffled, flipped),

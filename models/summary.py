@@ -47,8 +47,10 @@ class _GradientRecordingBackend(Backend):
         super().__init__(model, device)
         self.got_grad: set[str] = set()
 
-    def update(self, net: Net, loss: Tensor) -> bool:
+    def backward(self, net: Net, loss: Tensor) -> None:
         loss.backward()
+
+    def step(self, net: Net) -> bool:
         for name, p in self.model.named_parameters():
             if p.grad is not None:
                 self.got_grad.add(name)

@@ -85,8 +85,10 @@ class RecordingBackend(Backend):
         super().__init__(model, torch.device("cpu"))
         self.got_grad, self.bad_grad = set(), set()
 
-    def update(self, net, loss):
+    def backward(self, net, loss):
         loss.backward()
+
+    def step(self, net):
         for name, p in self.model.named_parameters():
             if p.grad is not None:
                 (self.got_grad if torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 else self.bad_grad).add(name)

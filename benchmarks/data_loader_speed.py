@@ -1,7 +1,7 @@
 """Data-pipeline speed (issue 3): the training loader against PIL decoding of the same images.
 
-    OMP_NUM_THREADS=1 python benchmarks/data_pipeline.py [--images 500]
-    OMP_NUM_THREADS=1 python benchmarks/data_pipeline.py --raw-max-resolution 4   # every level >= 8px as PNG
+    OMP_NUM_THREADS=1 python benchmarks/data_loader_speed.py [--images 500]
+    OMP_NUM_THREADS=1 python benchmarks/data_loader_speed.py --raw-max-resolution 4   # every level >= 8px as PNG
 
 Builds (once, into .cache/) the emoji set up to 256px (--upsample: 256px repeats the 128px pixels),
 then, in one run, per resolution 8/32/128/256 and 0/1/2 loader workers, prints the loader's images/s
