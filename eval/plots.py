@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from train.fileio import atomic_write_bytes  # noqa: E402
-
-
-def _save(fig, path: Path) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+from train.toy2d.plots import save_figure
 
 
 def score_histograms(scores: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, in_distribution: str,
@@ -38,18 +30,23 @@ def score_histograms(scores: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
         ax.set_xlabel("nats per dimension (higher: more in-distribution)")
         ax.set_ylabel("density")
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 def metric_over_kimg(series: dict[str, list[tuple[float, float]]], path: Path, *, title: str) -> Path:
-    """One metric: a line over kimg per metric key (e.g. fid, kid) of one run."""
+    """Every metric of one run over kimg, a panel each (four to a row)."""
     keys = list(series)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    columns = min(4, len(keys))
+    rows = -(-len(keys) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, keys):
         points = sorted(series[key])
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
         ax.set_title(key)
         ax.set_xlabel("kimg")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    return _save(fig, path)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)

@@ -54,7 +54,8 @@ def _jsonable(value: Any) -> Any:
 
 def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
     """The plain-number results (what goes to TensorBoard and the report), bookkeeping excluded."""
-    skip = {"images", "kimg", "lod", "resolution", "blend", "seconds", "world_size"}
+    skip = {"images", "kimg", "lod", "resolution", "blend", "seconds", "world_size", "fid_num_samples",
+            "kid_subset_size", "recon_num_images", "iw_samples"}
     return {k: float(v) for k, v in results.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip}
 
