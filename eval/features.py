@@ -18,6 +18,7 @@ import hashlib
 import socket
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,11 +77,14 @@ class InceptionExtractor(nn.Module):
         super().__init__()
         path = Path(path)
         try:
-            self.base = torch.jit.load(str(path), map_location=device).eval()
+            with warnings.catch_warnings():  # clean-fid's weights exist only as TorchScript, deprecated or not
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.base = torch.jit.load(str(path), map_location=device).eval()
             self.layers = self.base.layers
         except Exception as exc:
             raise ValueError(f"{path}: not clean-fid's TorchScript Inception ({type(exc).__name__}: {exc})") from None
         self.id = f"inception-2015-12-05-clean-{file_sha256(path)[:12]}"
+        self.requires_grad_(False)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
@@ -108,7 +112,7 @@ def download_inception(cache_dir: Path, timeout_s: float = 20.0) -> Path | None:
     try:
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
             downloaded = Path(check_download_inception(fpath=tmp))
-            torch.jit.load(str(downloaded))  # a complete, loadable file before it takes the final name
+            InceptionExtractor(downloaded)  # a complete, loadable file before it takes the final name
             downloaded.replace(target)
         return target
     except Exception as exc:
