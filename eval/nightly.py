@@ -24,7 +24,6 @@ import os
 import platform
 import sys
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,10 +82,15 @@ def append_result(run: RunDir, record: dict[str, Any]) -> None:
     path = results_file(run)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "a") as f:
+    with open(path, "a+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            f.write(line)
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line cut off by a crash: end it, so it spoils only itself
+                    line = "\n" + line
+            f.write(line.encode())
             f.flush()
             os.fsync(f.fileno())
         finally:
@@ -153,8 +157,8 @@ def evaluate_snapshot(run: RunDir, snapshot: Path, metrics: list[str], options: 
     try:
         results = evaluate(snapshot, metrics, out, options, env)
     except Exception as exc:  # any broken snapshot or data problem: report it, go on with the others
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return base | {"status": "failed", "error": detail, "seconds": time.perf_counter() - start}
+        error = f"{type(exc).__name__}: {exc}"
+        return base | {"status": "failed", "error": error, "seconds": time.perf_counter() - start}
     return base | {
         "status": "ok", "images": results["images"], "kimg": results["kimg"], "resolution": results["resolution"],
         "metrics": scalar_metrics(results), "extractor": results.get("extractor"),

@@ -77,7 +77,7 @@ def run_section(run: RunDir, runs_dir: Path, report_dir: Path) -> tuple[list[str
         for title, image in (("Samples", samples), ("Test images (odd rows) over reconstructions (even rows)", recon),
                              ("OOD scores", hist)):
             if image:
-                lines += [f"{title}:", "", f"![{title}]({image})", ""]
+                lines += [f"{title}:", "", f"![{Path(image).stem}]({image})", ""]
         lines += ["| kimg | px | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
         for r in ok:
             lines.append(f"| {r['kimg']:g} | {r['resolution']} | " +
