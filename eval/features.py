@@ -123,6 +123,9 @@ def download_inception(cache_dir: Path, timeout_s: float = 20.0) -> Path | None:
         socket.setdefaulttimeout(previous)
 
 
+_DOWNLOAD_FAILED: set[Path] = set()
+
+
 def resolve_extractor(spec: str | None, cache_dir: Path, device: torch.device) -> nn.Module:
     """The extractor a run asks for.
 
@@ -137,11 +140,14 @@ def resolve_extractor(spec: str | None, cache_dir: Path, device: torch.device) -
             raise ValueError(f"--inception {path}: no such file")
         return InceptionExtractor(path, device).to(device)
     cached = cache_dir / INCEPTION_FILE
-    found = cached if cached.is_file() else download_inception(cache_dir)
+    found = cached if cached.is_file() else None
+    if found is None and cache_dir not in _DOWNLOAD_FAILED:
+        found = download_inception(cache_dir)
+        if found is None:
+            _DOWNLOAD_FAILED.add(cache_dir)  # one attempt per process (the nightly job loads many snapshots)
     if found is not None:
         return InceptionExtractor(found, device).to(device)
-    print(f"[sivae eval] WARNING: {STANDIN_WARNING}", file=sys.stderr)
-    return StandInExtractor().to(device)
+    return StandInExtractor().to(device)  # callers carry STANDIN_WARNING into every output
 
 
 def clean_resize(images: Tensor) -> Tensor:
