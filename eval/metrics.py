@@ -104,7 +104,9 @@ def recon(ctx: EvalContext) -> dict[str, Any]:
         unreadable += data.unreadable
         if len(shown) < opts.grid_images:
             shown += list(zip(originals, reconstructions))[: opts.grid_images - len(shown)]
-    values = {k: gather_rows(np.concatenate(v) if v else np.zeros(0), ctx.env) for k, v in per_image.items()}
+    # float64 everywhere: a rank with no images must offer the same dtype to the collective
+    values = {k: gather_rows(np.concatenate([np.zeros(0), *v]).astype(np.float64), ctx.env)
+              for k, v in per_image.items()}
     reconstruction_features = gather_rows(np.concatenate(features), ctx.env)
     reference = ctx.reference(opts.test_split, opts.test_count)  # the originals' features, cached
     unreadable = sum(gather_lists([unreadable], ctx.env))

@@ -115,3 +115,21 @@ def test_clear_errors_for_a_data_set_without_the_resolution_and_for_a_broken_sna
     assert proc.returncode == 1 and "unreadable" in proc.stderr and "Traceback" not in proc.stderr
     proc = sivae("eval", "run", sets["snapshot"], "--out", tmp_path / "c", "--metrics", "fid,bogus", check=False)
     assert proc.returncode != 0 and "bogus" in proc.stderr
+
+
+class SquaredDistance(torch.nn.Module):
+    """Stands in for an LPIPS TorchScript module: per-image mean squared difference of [-1, 1] images."""
+
+    def forward(self, x, y):
+        return (x - y).pow(2).mean(dim=(1, 2, 3))
+
+
+def test_lpips_weights_add_an_lpips_figure(sets, tmp_path):
+    from eval.runner import EvalOptions, evaluate
+
+    path = tmp_path / "lpips.pt"
+    torch.jit.script(SquaredDistance()).save(str(path))
+    results = evaluate(sets["snapshot"], ["recon"], None, EvalOptions(inception="standin", cache=tmp_path / "c",
+                                                                      lpips=path, progress=False))
+    # on [-1, 1] the squared difference is 4x that on [0, 1], which is what mse reports
+    assert results["lpips"] == pytest.approx(4 * results["mse"], rel=1e-5)
