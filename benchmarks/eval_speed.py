@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project before benchmarks/ (whose data_pipeline.py would shadow the package)
 
 from eval.compat import import_torchvision  # noqa: E402
-from eval.features import INCEPTION_SIZE, InceptionExtractor, clean_resize  # noqa: E402
+from eval.features import INCEPTION_SIZE, InceptionExtractor, StandInExtractor, clean_resize  # noqa: E402
 from eval.likelihood import log_likelihood_estimates  # noqa: E402
 from models import build_model  # noqa: E402
 from train.config import load_config  # noqa: E402
@@ -71,16 +71,19 @@ def feature_rows(args, device: torch.device) -> list[str]:
     else:
         network, name = inception_sized_network(device), "Inception v3 (random weights)"
     batch = torch.rand(args.images, 3, INCEPTION_SIZE, INCEPTION_SIZE, device=device) * 255
+    standin = StandInExtractor().to(device)
     with torch.no_grad():
         net_s = timed(lambda: network(batch), device)
+        standin_s = timed(lambda: standin(batch), device)
     rows = []
     for r in args.resolutions:
         images = torch.randint(0, 256, (args.images, 3, r, r), dtype=torch.uint8)
         resize_s = timed(lambda images=images: clean_resize(images), device)
-        total = resize_s + net_s
-        rows.append(f"| {r}px | {args.images / resize_s:.1f} | {args.images / net_s:.1f} | {args.images / total:.1f} |")
+        rate = [args.images / t for t in (resize_s, net_s, resize_s + net_s, standin_s, resize_s + standin_s)]
+        rows.append(f"| {r}px | " + " | ".join(f"{v:.1f}" for v in rate) + " |")
     return [f"FID features, batch {args.images}, network: {name}", "",
-            "| source | clean resize images/s | network images/s | end to end images/s |", "|---|---|---|---|", *rows]
+            "| source | clean resize images/s | network images/s | end to end images/s | stand-in network images/s "
+            "| stand-in end to end images/s |", "|---|---|---|---|---|---|", *rows]
 
 
 def iw_rows(args, device: torch.device) -> list[str]:
