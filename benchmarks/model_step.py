@@ -24,23 +24,20 @@ import ctypes
 import gc
 import os
 import platform
-import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
 
+from models import build_model, lod_of
+from models.summary import summarize_level
+from train.backend import LocalBackend
+from train.config import load_config
+from train.schema import RunConfig
+from train.steps import soft_intro_step
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the project before benchmarks/ (whose data_pipeline.py would shadow the package)
-
-from models import build_model, lod_of  # noqa: E402
-from models.summary import summarize_level  # noqa: E402
-from train.backend import LocalBackend  # noqa: E402
-from train.config import load_config  # noqa: E402
-from train.schema import RunConfig  # noqa: E402
-from train.steps import soft_intro_step  # noqa: E402
-
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
