@@ -27,7 +27,7 @@ from data_pipeline.loader import eval_batches, to_unit_range
 from data_pipeline.manifest import Manifest, load_manifest
 from eval import stats_cache
 from eval.distributed import EvalEnv, broadcast, gather_rows, part
-from eval.features import extract_features, resolve_extractor
+from eval.features import STANDIN_WARNING, extract_features, resolve_extractor
 from eval.loading import LoadedModel
 from eval.measures import feature_statistics
 from models.progressive import fade_real_images
@@ -171,8 +171,6 @@ class EvalContext:
         extractor = resolve_extractor(self.options.inception, stats_cache.cache_dir(self.options.cache),
                                       self.env.device)
         if extractor.is_standin:
-            from eval.features import STANDIN_WARNING
-
             self.warn(STANDIN_WARNING)
         return extractor
 
