@@ -4,6 +4,7 @@ reported, two evaluators at once never duplicating, TensorBoard at the trainer's
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,27 @@ def test_two_evaluators_at_once_evaluate_every_snapshot_exactly_once(sets, tmp_p
     assert sum(counts) == 6, counts
     for record in records:
         json.dumps(record)  # every line is whole JSON (read_results would have dropped a broken one)
+
+
+def test_the_nightly_job_under_two_gloo_processes_records_each_snapshot_once(sets, tmp_path):
+    runs = tmp_path / "runs"
+    run = make_run(runs / "r", sets["disks"], [1000, 2000])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "WORLD_SIZE": "2"}
+    command = [sys.executable, "-m", "launch.cli", *cli_args(runs, sets, "--device", "cpu")]
+    procs = [subprocess.Popen(command, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()  # only if it hung
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
+    records = lines(run)
+    assert sorted(r["snapshot"] for r in records) == ["snapshot-000000001000.pt", "snapshot-000000002000.pt"]
+    assert all(r["status"] == "ok" for r in records)
+    metrics = json.loads((run.root / "eval" / "snapshot-000000001000" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["recon_num_images"] == 8
