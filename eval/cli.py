@@ -1,0 +1,130 @@
+"""`sivae eval run MODEL ...` (one snapshot or checkpoint) and `sivae eval nightly RUNS_DIR ...` (every new one)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+METRICS_HELP = "comma-separated: fid, kid, recon, ood (default: all)"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", default="fid,kid,recon,ood", help=METRICS_HELP)
+    p.add_argument("--num-samples", type=int, default=10_000, help="generated images for FID/KID (default 10000)")
+    p.add_argument("--inception", default=None, metavar="PATH",
+                   help="clean-fid's TorchScript Inception (inception-2015-12-05.pt); 'standin' for the stand-in "
+                        "extractor; default: the copy in the cache directory, else clean-fid's download, else the "
+                        "stand-in (with a warning)")  # fmt: skip
+    p.add_argument("--data", type=Path, help="data set directory (default: data.path of the model's config)")
+    p.add_argument("--ood-data", type=Path, nargs="+", default=[], metavar="DIR",
+                   help="built data sets scored as out-of-distribution against the test split")
+    p.add_argument("--cache", type=Path, help="reference statistics cache (default $SIVAE_CACHE/fid or "
+                                              "~/.cache/sivae/fid)")
+    p.add_argument("--reference-split", default="train", help="split of the FID/KID reference images (train)")
+    p.add_argument("--reference-count", type=int, help="reference images (default: the whole split)")
+    p.add_argument("--test-split", default="test", help="split for reconstruction and OOD scores (test)")
+    p.add_argument("--test-count", type=int, help="test images per data set (default: the whole split)")
+    p.add_argument("--iw-samples", type=int, default=32, help="K of the importance-weighted log-likelihood (32)")
+    p.add_argument("--truncation-psi", type=float, help="truncate samples toward the average w (default: none)")
+    p.add_argument("--lpips", type=Path, help="TorchScript LPIPS module (x, y in [-1, 1] -> distances): adds lpips")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="data loader processes per rank (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate snapshots and checkpoints: FID/KID, reconstruction, OOD, nightly job",
+                       description="FID and KID (clean-fid), reconstruction (MSE, PSNR, SSIM, reconstruction FID) and "
+                                   "OOD (importance-weighted log-likelihood, AUROC/AUPRC/FPR95) of saved models. Under "
+                                   "torchrun or accelerate launch the work is split across the processes.")  # fmt: skip
+    commands = p.add_subparsers(dest="eval_command", required=True, metavar="{run,nightly}")
+
+    run = commands.add_parser("run", help="evaluate one snapshot or checkpoint",
+                              description="Evaluate one snapshot or full checkpoint; writes OUT/metrics.json and PNGs.")
+    run.add_argument("model", type=Path,
+                     help="a snapshot (RUN/snapshots/snapshot-*.pt) or checkpoint (RUN/checkpoints/ckpt-*.pt)")
+    run.add_argument("--out", type=Path, required=True, help="output directory")
+    _common(run)
+    run.set_defaults(handler=main_run)
+
+    nightly = commands.add_parser(
+        "nightly", help="evaluate every new snapshot under a runs directory and render the report",
+        description="Find every run directory under RUNS_DIR, evaluate each ready snapshot without a result "
+        "exactly once (safe with several evaluators at once), append RUN/eval/results.jsonl, write TensorBoard "
+        "scalars to RUN/tb/eval and render a Markdown report. Exit status 1 when anything failed.")  # fmt: skip
+    nightly.add_argument("runs_dir", type=Path, help="directory holding run directories")
+    nightly.add_argument("--report", type=Path, help="report directory (default RUNS_DIR/eval-report)")
+    nightly.add_argument("--retry-failed", action="store_true", help="evaluate again snapshots that failed before")
+    _common(nightly)
+    nightly.set_defaults(handler=main_nightly)
+
+
+def options_from(args: argparse.Namespace):
+    from eval.context import EvalOptions
+
+    for name in ("num_samples", "iw_samples", "batch_size"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"sivae eval: --{name.replace('_', '-')} must be >= 1")
+    return EvalOptions(
+        num_samples=args.num_samples, seed=args.seed, truncation_psi=args.truncation_psi, batch_size=args.batch_size,
+        data=args.data, reference_split=args.reference_split, reference_count=args.reference_count,
+        test_split=args.test_split, test_count=args.test_count, ood_data=list(args.ood_data),
+        iw_samples=args.iw_samples, inception=args.inception, cache=args.cache, lpips=args.lpips,
+        workers=args.workers, progress=not args.no_progress,
+    )  # fmt: skip
+
+
+def _metrics(args: argparse.Namespace) -> list[str]:
+    from eval.runner import parse_metrics
+
+    try:
+        return parse_metrics(args.metrics)
+    except ValueError as exc:
+        raise SystemExit(f"sivae eval: --metrics: {exc}") from None
+
+
+def main_run(args: argparse.Namespace) -> int:
+    from eval.distributed import init_from_environment
+    from eval.loading import LoadError
+    from eval.runner import evaluate, scalar_metrics
+
+    metrics, options = _metrics(args), options_from(args)
+    env = init_from_environment(args.device)
+    try:
+        results = evaluate(args.model, metrics, args.out, options, env)
+    except LoadError as exc:
+        print(f"sivae eval: {exc}", file=sys.stderr)
+        return 1
+    if env.is_main:
+        print(f"{args.model} ({results['kimg']:g} kimg, {results['resolution']}px):")
+        for key, value in scalar_metrics(results).items():
+            print(f"  {key:18s} {value:.6g}")
+        if "extractor" in results:
+            print(f"  extractor          {results['extractor']}" + ("  (STAND-IN: not Inception)"
+                                                                    if results["extractor_is_standin"] else ""))
+        print(f"metrics and plots in {args.out}")
+    return 0
+
+
+def main_nightly(args: argparse.Namespace) -> int:
+    from eval.distributed import init_from_environment
+    from eval.nightly import find_runs, run_nightly
+    from eval.report import render_report
+
+    metrics, options = _metrics(args), options_from(args)
+    env = init_from_environment(args.device)
+    if not args.runs_dir.is_dir():
+        print(f"sivae eval nightly: {args.runs_dir}: no such directory", file=sys.stderr)
+        return 1
+    summary = run_nightly(args.runs_dir, metrics, options, env, retry_failed=args.retry_failed)
+    if env.is_main:
+        report = render_report(find_runs(args.runs_dir), args.runs_dir, args.report or args.runs_dir / "eval-report")
+        print(f"evaluated {len(summary.evaluated)}, failed {len(summary.failed)}, busy elsewhere "
+              f"{len(summary.busy)}, not ready {len(summary.not_ready)}, done before {summary.already}")
+        for failure in summary.failed:
+            print(f"  FAILED {failure}")
+        print(f"report: {report}")
+    return 0 if summary.ok else 1

@@ -1,0 +1,170 @@
+"""Feature extractors for FID/KID and clean-fid's "clean" preprocessing.
+
+Images reach an extractor as clean-fid's clean mode prepares them: uint8 RGB, each channel resized to
+299 x 299 in float32 by PIL's bicubic filter (no quantisation after the resize), values 0..255, as a
+float tensor [B, 3, 299, 299]. An extractor maps that batch to features [B, D].
+
+- `InceptionExtractor`: clean-fid's TorchScript Inception (`inception-2015-12-05.pt`, the network of
+  the published FIDs), 2048-D pool features. Weights come from a path, or clean-fid's own download
+  into our cache where a network exists.
+- `StandInExtractor`: a fixed, seeded random convolutional network (128-D). It makes FID/KID
+  computable anywhere (tests, machines without the weights), but its numbers are NOT comparable with
+  published FIDs: every output that uses it says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+INCEPTION_FILE = "inception-2015-12-05.pt"
+INCEPTION_SIZE = 299
+STANDIN_WARNING = (
+    "FID/KID use the STAND-IN feature extractor (a seeded random network), not Inception: the numbers "
+    "compare snapshots with each other only, never with published FIDs. Pass --inception PATH "
+    f"(clean-fid's {INCEPTION_FILE}) for real FIDs."
+)
+
+
+class StandInExtractor(nn.Module):
+    """A deterministic random conv net on clean-fid's input: colour layout (4x4 average colours) plus
+    global averages of three random conv layers. Same weights in every process (seeded CPU RNG)."""
+
+    id = "standin-randconv-v1"
+    is_standin = True
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+
+        def conv(cin: int, cout: int) -> nn.Conv2d:
+            layer = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+            with torch.no_grad():
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * (2.0 / (cin * 9)) ** 0.5)
+                layer.bias.zero_()
+            return layer
+
+        self.convs = nn.ModuleList([conv(3, 32), conv(32, 64), conv(64, 32)])
+        self.dim = 48 + 32 + 64 + 32  # 4x4 layout x 3 colours, then each conv layer's channel averages
+        self.requires_grad_(False).eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = (x.float() - 128.0) / 128.0
+        x = F.avg_pool2d(x, 4)  # 299 -> 74: the random features need no more detail
+        parts = [F.adaptive_avg_pool2d(x, 4).flatten(1)]
+        for layer in self.convs:
+            x = F.leaky_relu(layer(x), 0.2)
+            parts.append(x.mean(dim=(2, 3)))
+        return torch.cat(parts, dim=1)
+
+
+class InceptionExtractor(nn.Module):
+    """clean-fid's TorchScript Inception in clean mode: (x - 128) / 128 into its layers, 2048-D pool features."""
+
+    is_standin = False
+    dim = 2048
+
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu"):
+        super().__init__()
+        path = Path(path)
+        try:
+            with warnings.catch_warnings():  # clean-fid's weights exist only as TorchScript, deprecated or not
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.base = torch.jit.load(str(path), map_location=device).eval()
+            self.layers = self.base.layers
+        except Exception as exc:
+            raise ValueError(f"{path}: not clean-fid's TorchScript Inception ({type(exc).__name__}: {exc})") from None
+        self.id = f"inception-2015-12-05-clean-{file_sha256(path)[:12]}"
+        self.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
+            raise ValueError(f"Inception needs {INCEPTION_SIZE}px inputs, got {tuple(x.shape)}")
+        return self.layers.forward((x.float() - 128.0) / 128.0).reshape(x.shape[0], -1)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download_inception(cache_dir: Path, timeout_s: float = 20.0) -> Path | None:
+    """clean-fid's own download of the weights into `cache_dir` (through a temporary folder, so a failed
+    download leaves nothing); None when there is no network."""
+    from cleanfid.downloads_helper import check_download_inception
+
+    target = cache_dir / INCEPTION_FILE
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+            downloaded = Path(check_download_inception(fpath=tmp))
+            InceptionExtractor(downloaded)  # a complete, loadable file before it takes the final name
+            downloaded.replace(target)
+        return target
+    except Exception as exc:
+        print(f"[sivae eval] Inception weights could not be downloaded ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+        return None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+_DOWNLOAD_FAILED: set[Path] = set()
+
+
+def resolve_extractor(spec: str | None, cache_dir: Path, device: torch.device) -> nn.Module:
+    """The extractor a run asks for.
+
+    spec: a path to the TorchScript Inception; "standin"; or None/"auto": the weights in our cache
+    directory, else clean-fid's download into it, else the stand-in (with a warning).
+    """
+    if spec == "standin":
+        return StandInExtractor().to(device)
+    if spec not in (None, "auto"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ValueError(f"--inception {path}: no such file")
+        return InceptionExtractor(path, device).to(device)
+    cached = cache_dir / INCEPTION_FILE
+    found = cached if cached.is_file() else None
+    if found is None and cache_dir not in _DOWNLOAD_FAILED:
+        found = download_inception(cache_dir)
+        if found is None:
+            _DOWNLOAD_FAILED.add(cache_dir)  # one attempt per process (the nightly job loads many snapshots)
+    if found is not None:
+        return InceptionExtractor(found, device).to(device)
+    return StandInExtractor().to(device)  # callers carry STANDIN_WARNING into every output
+
+
+def clean_resize(images: Tensor) -> Tensor:
+    """uint8 [B, 3, H, W] -> float32 [B, 3, 299, 299] in 0..255 by clean-fid's clean-mode resizer
+    (per channel, PIL bicubic on float32, clipped, not quantised)."""
+    from cleanfid.resize import build_resizer
+
+    resize = build_resizer("clean")
+    if images.dtype != torch.uint8:
+        raise ValueError(f"clean-fid's path takes uint8 images, got {images.dtype}")
+    batch = images.permute(0, 2, 3, 1).cpu().numpy()
+    out = np.stack([resize(image).transpose(2, 0, 1) for image in batch]) if len(batch) else \
+        np.zeros((0, 3, INCEPTION_SIZE, INCEPTION_SIZE), np.float32)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+@torch.no_grad()
+def extract_features(images: Tensor, extractor: nn.Module, device: torch.device) -> np.ndarray:
+    """uint8 images [B, 3, H, W] -> features [B, D] (float32 numpy); the extractor runs on `device`."""
+    return extractor(clean_resize(images).to(device)).float().cpu().numpy()

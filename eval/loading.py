@@ -1,0 +1,180 @@
+"""Any saved model -> an inference VAE (EMA weights, eval mode) and what training had reached.
+
+Formats are a small registry: each `ModelFormat` says whether it recognises a path (`claims`) and
+loads it (`load`). `load_model(path)` asks them in order, so a new on-disk format (the DeepSpeed
+checkpoint directory of issue 6) plugs in with `register_format(...)` and no caller changes. Every
+failure -- unreadable, truncated, wrong contents, unsupported -- is one `LoadError`, which callers
+report and skip.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import VAE, build_model
+from train import checkpoint, snapshot
+from train.config import ConfigError, from_dict
+from train.schedule import position
+from train.schema import RunConfig
+
+
+class LoadError(RuntimeError):
+    """A path that does not give a usable model: report it and go on."""
+
+
+@dataclass
+class LoadedModel:
+    model: VAE  # EMA weights, eval mode, no gradients, on the requested device
+    config: RunConfig
+    images: int  # training images seen when it was saved
+    lod: int  # the level it was at: it generates and encodes images of `resolution` px
+    blend: float
+    resolution: int
+    path: Path
+    format: str  # the registry name that loaded it
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kimg(self) -> float:
+        return self.images / 1000.0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+class Probe:
+    """What formats look at to recognise a path; a file is read at most once, however many formats ask."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @functools.cached_property
+    def state(self) -> dict[str, Any] | None:
+        """The file's contents (torch.load, weights only) or None when it is not a readable torch file."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # truncated zip, bad pickle, I/O error: all mean "not this"
+            return None
+        return state if isinstance(state, dict) else None
+
+    @property
+    def format_tag(self) -> str | None:
+        return self.state.get("format") if self.state is not None else None
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    name: str
+    claims: Callable[[Probe], bool]
+    load: Callable[[Probe, torch.device], LoadedModel]
+
+
+FORMATS: list[ModelFormat] = []
+
+
+def register_format(fmt: ModelFormat, *, first: bool = False) -> None:
+    """Add (or replace, by name) a format; `first` puts it ahead of the others."""
+    FORMATS[:] = [f for f in FORMATS if f.name != fmt.name]
+    FORMATS.insert(0, fmt) if first else FORMATS.append(fmt)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """The model saved at `path` in any registered format; LoadError when none can give one."""
+    probe = Probe(Path(path))
+    if not probe.path.exists():
+        raise LoadError(f"{probe.path}: no such file or directory")
+    for fmt in FORMATS:
+        if fmt.claims(probe):
+            return fmt.load(probe, torch.device(device))
+    if probe.path.is_file() and probe.state is None:
+        raise LoadError(f"{probe.path}: unreadable (truncated, corrupt or not a PyTorch file)")
+    raise LoadError(f"{probe.path}: unsupported format (known: {', '.join(f.name for f in FORMATS)})")
+
+
+# ------------------------------------------------------------------------------------------------
+# Building the model from a state
+
+
+def run_config(data: Any, where: Path) -> RunConfig:
+    try:
+        return from_dict(RunConfig, data)
+    except ConfigError as exc:
+        raise LoadError(f"{where}: its stored config is not valid ({exc})") from None
+
+
+def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys as the bare module names them: DDP's 'module.' and torch.compile's '_orig_mod.' removed."""
+    out = {}
+    for key, value in state.items():
+        parts = [p for p in key.split(".") if p not in ("module", "_orig_mod")]
+        out[".".join(parts)] = value
+    return out
+
+
+def inference_model(cfg: RunConfig, encoder: dict[str, torch.Tensor], decoder: dict[str, torch.Tensor],
+                    device: torch.device, where: Path) -> VAE:
+    model = build_model(cfg.model)
+    try:
+        model.encoder.load_state_dict(_strip_wrappers(encoder))
+        model.decoder.load_state_dict(_strip_wrappers(decoder))
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        raise LoadError(f"{where}: weights do not fit the stored config's model ({exc})") from None
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _split_vae_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    state = _strip_wrappers(state)
+    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    decoder = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
+    return encoder, decoder
+
+
+def _load_snapshot(probe: Probe, device: torch.device) -> LoadedModel:
+    state, path = probe.state, probe.path
+    try:
+        cfg = run_config(state["config"], path)
+        model = inference_model(cfg, state["encoder"], state["decoder"], device, path)
+        return LoadedModel(model, cfg, int(state["images"]), int(state["lod"]), float(state["blend"]),
+                           int(state["resolution"]), path, "snapshot")
+    except KeyError as exc:
+        raise LoadError(f"{path}: snapshot lacks {exc}") from None
+
+
+def _load_checkpoint(probe: Probe, device: torch.device) -> LoadedModel:
+    state, path = probe.state, probe.path
+    try:
+        cfg = run_config(state["config"], path)
+        encoder, decoder = _split_vae_state(state["ema"])
+        model = inference_model(cfg, encoder, decoder, device, path)
+        images = int(state["progress"]["images"])
+    except (KeyError, TypeError) as exc:
+        raise LoadError(f"{path}: checkpoint lacks {exc}") from None
+    # a checkpoint does not store the level: it follows from the schedule and the images seen
+    pos = position(cfg.train.schedule, images / 1000.0)
+    return LoadedModel(model, cfg, images, pos.lod, pos.blend, pos.resolution, path, "checkpoint")
+
+
+def _is_deepspeed_directory(probe: Probe) -> bool:
+    """DeepSpeed's save_checkpoint writes DIR/latest (the tag) and DIR/TAG/mp_rank_*_model_states.pt."""
+    path = probe.path
+    return path.is_dir() and ((path / "latest").is_file() or any(path.glob("*/mp_rank_*_model_states.pt"))
+                              or any(path.glob("mp_rank_*_model_states.pt")))
+
+
+def _unsupported_deepspeed(probe: Probe, device: torch.device) -> LoadedModel:
+    raise LoadError(f"{probe.path}: unsupported format (a DeepSpeed checkpoint directory; its loader comes with "
+                    "the DeepSpeed backend, issue 6)")
+
+
+register_format(ModelFormat("snapshot", lambda p: p.format_tag == snapshot.FORMAT, _load_snapshot))
+register_format(ModelFormat("checkpoint", lambda p: p.format_tag == checkpoint.FORMAT, _load_checkpoint))
+register_format(ModelFormat("deepspeed", _is_deepspeed_directory, _unsupported_deepspeed))

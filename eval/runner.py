@@ -1,0 +1,100 @@
+"""Evaluate one saved model: load it, run the asked metrics, write metrics.json and the plots.
+
+    from eval.runner import evaluate, EvalOptions
+    results = evaluate("runs/emoji/snapshots/snapshot-000000010000.pt", ["fid", "kid", "recon", "ood"],
+                       out_dir=Path("eval-out"), options=EvalOptions(num_samples=2000, ood_data=[Path("data/digits")]))
+
+Under a launcher that starts several processes (torchrun, accelerate launch), every process calls
+`evaluate` with the same arguments; the work is split across them and rank 0 writes the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.context import EvalContext, EvalOptions
+from eval.distributed import EvalEnv
+from eval.features import STANDIN_WARNING
+from eval.loading import LoadedModel, load_model
+from eval.metrics import METRICS
+from train.fileio import atomic_write_text
+
+__all__ = ["EvalOptions", "evaluate", "parse_metrics", "scalar_metrics"]
+
+
+def parse_metrics(spec: str | list[str]) -> list[str]:
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
+    unknown = [n for n in names if n not in METRICS]
+    if unknown or not names:
+        raise ValueError(f"unknown metric(s) {unknown or spec!r}; known: {', '.join(METRICS)}")
+    return list(dict.fromkeys(names))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _jsonable(value.item())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """The plain-number results (what goes to TensorBoard and the report), bookkeeping excluded."""
+    skip = {"images", "kimg", "lod", "resolution", "blend", "seconds", "world_size", "fid_num_samples",
+            "kid_subset_size", "recon_num_images", "iw_samples"}
+    return {k: float(v) for k, v in results.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip}
+
+
+def evaluate(target: str | Path | LoadedModel, metrics: list[str], out_dir: Path | None,
+             options: EvalOptions | None = None, env: EvalEnv | None = None) -> dict[str, Any]:
+    """Run `metrics` on the model at `target` (a path in any registered format, or a loaded model).
+
+    Returns the results on every rank (complete on rank 0); rank 0 writes out_dir/metrics.json and the
+    PNGs. Raises LoadError for an unusable model, DataError for an unusable data set.
+    """
+    options = options or EvalOptions()
+    env = env or EvalEnv()
+    names = parse_metrics(metrics)
+    start = time.perf_counter()
+    loaded = target if isinstance(target, LoadedModel) else load_model(target, env.device)
+    ctx = EvalContext(loaded, options, env, Path(out_dir) if out_dir is not None else None)
+    results: dict[str, Any] = {
+        "model": str(loaded.path), "format": loaded.format, "images": loaded.images, "kimg": loaded.kimg,
+        "lod": loaded.lod, "blend": loaded.blend, "resolution": loaded.resolution, "data": str(ctx.data_dir),
+        "metrics": names,
+    }  # fmt: skip
+    for name in names:
+        results.update(METRICS[name](ctx))
+    if any(n in names for n in ("fid", "kid", "recon")):
+        results["extractor"] = ctx.extractor.id
+        results["extractor_is_standin"] = bool(ctx.extractor.is_standin)
+    results |= {
+        "warnings": ctx.warnings,
+        "files": dict(ctx.files),
+        "options": {k: _jsonable(v) for k, v in vars(options).items() if k != "progress"},
+        "seconds": time.perf_counter() - start,
+        "world_size": env.world_size,
+        "device": str(env.device),
+        "host": platform.node(),
+        "torch": torch.__version__,
+    }  # fmt: skip
+    if out_dir is not None and env.is_main:
+        atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(_jsonable(results), indent=1) + "\n")
+    if env.is_main and results.get("extractor_is_standin"):
+        print(f"[sivae eval] WARNING: {STANDIN_WARNING}", file=sys.stderr)
+    return results

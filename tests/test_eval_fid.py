@@ -1,0 +1,141 @@
+"""FID/KID through the feature path (clean resize + extractor), the reference-statistics cache, extractor choice."""
+
+import numpy as np
+import pytest
+import torch
+from eval_helpers import build_image_set, disk_images, tiny_snapshot
+
+from eval import context as context_module
+from eval import features as features_module
+from eval.context import EvalContext, EvalOptions
+from eval.distributed import EvalEnv
+from eval.features import (
+    INCEPTION_FILE,
+    InceptionExtractor,
+    StandInExtractor,
+    clean_resize,
+    extract_features,
+    resolve_extractor,
+)
+from eval.loading import load_model
+from eval.measures import feature_statistics, frechet_distance, kernel_inception_distance
+from eval.stats_cache import cache_dir
+
+CPU = torch.device("cpu")
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_grows_with_added_noise():
+    images = torch.from_numpy(disk_images(150, 16, seed=0)).permute(0, 3, 1, 2).contiguous()
+    extractor = StandInExtractor()
+    clean = extract_features(images, extractor, CPU)
+    mu, sigma = feature_statistics(clean)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-6)
+    fids, kids = [], []
+    for noise in (8, 24, 64):
+        g = torch.Generator().manual_seed(noise)
+        noisy = (images.float() + noise * torch.randn(images.shape, generator=g)).clamp(0, 255).round().to(torch.uint8)
+        feats = extract_features(noisy, extractor, CPU)
+        fids.append(frechet_distance(*feature_statistics(feats), mu, sigma))
+        kids.append(kernel_inception_distance(clean, feats, subsets=10, subset_size=100, seed=0)[0])
+    assert 0 < fids[0] < fids[1] < fids[2]
+    assert kids[0] < kids[1] < kids[2]
+
+
+def test_stand_in_features_are_the_same_in_every_instance_and_need_no_batch():
+    images = torch.from_numpy(disk_images(6, 8, seed=1)).permute(0, 3, 1, 2).contiguous()
+    whole = extract_features(images, StandInExtractor(), CPU)
+    parts = np.concatenate([extract_features(images[i : i + 1], StandInExtractor(), CPU) for i in range(6)])
+    np.testing.assert_allclose(whole, parts, rtol=1e-5, atol=1e-6)
+    assert whole.shape == (6, StandInExtractor().dim)
+
+
+def test_clean_resize_gives_299px_floats_in_0_255():
+    images = torch.full((2, 3, 8, 8), 77, dtype=torch.uint8)
+    images[1] = 255
+    out = clean_resize(images)
+    assert out.shape == (2, 3, 299, 299) and out.dtype == torch.float32
+    np.testing.assert_allclose(out[0].numpy(), 77.0, atol=1e-3)  # a flat image stays flat (bicubic weights sum to 1)
+    np.testing.assert_allclose(out[1].numpy(), 255.0, atol=1e-3)
+    with pytest.raises(ValueError, match="uint8"):
+        clean_resize(images.float())
+
+
+class FakeInception(torch.nn.Module):
+    """Shaped like clean-fid's TorchScript file: a `layers` module mapping [B, 3, 299, 299] to [B, 2048, 1, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(3, 2048, 1, bias=False))
+        torch.nn.init.ones_(self.layers[1].weight)
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def test_inception_weights_from_a_path_normalise_clean_fid_style(tmp_path):
+    path = tmp_path / INCEPTION_FILE
+    torch.jit.script(FakeInception()).save(str(path))
+    extractor = InceptionExtractor(path)
+    features = extractor(torch.full((2, 3, 299, 299), 192.0))
+    assert features.shape == (2, 2048)
+    np.testing.assert_allclose(features.numpy(), 3 * (192 - 128) / 128)  # (x - 128) / 128 summed over 3 channels
+    assert extractor.id.startswith("inception-2015-12-05-clean-") and not extractor.is_standin
+    (tmp_path / "bad.pt").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="TorchScript Inception"):
+        InceptionExtractor(tmp_path / "bad.pt")
+
+
+def test_extractor_choice_path_cache_download_or_stand_in(tmp_path, monkeypatch):
+    attempts = []
+    monkeypatch.setattr(features_module, "download_inception", lambda cache, timeout_s=20.0: attempts.append(1))
+    assert resolve_extractor("standin", tmp_path, CPU).is_standin
+    assert resolve_extractor(None, tmp_path, CPU).is_standin  # no weights and no network
+    assert resolve_extractor("auto", tmp_path, CPU).is_standin
+    assert len(attempts) == 1  # one download attempt per process and cache directory
+    with pytest.raises(ValueError, match="no such file"):
+        resolve_extractor(str(tmp_path / "missing.pt"), tmp_path, CPU)
+    torch.jit.script(FakeInception()).save(str(tmp_path / INCEPTION_FILE))  # weights in the cache directory
+    assert not resolve_extractor(None, tmp_path, CPU).is_standin
+    assert not resolve_extractor(str(tmp_path / INCEPTION_FILE), tmp_path / "elsewhere", CPU).is_standin
+
+
+def test_cache_directory_follows_flag_then_environment_then_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIVAE_CACHE", str(tmp_path / "env"))
+    assert cache_dir(tmp_path / "flag") == tmp_path / "flag"
+    assert cache_dir() == tmp_path / "env" / "fid"
+    monkeypatch.delenv("SIVAE_CACHE")
+    assert cache_dir().parts[-3:] == (".cache", "sivae", "fid")
+
+
+def test_reference_statistics_are_cached_reused_and_invalidated_when_the_data_changes(tmp_path, monkeypatch):
+    images = disk_images(60, 16, seed=2)
+    data = build_image_set(tmp_path / "a", images)
+    snapshot = tiny_snapshot(tmp_path / "snapshots", data)
+    options = EvalOptions(inception="standin", cache=tmp_path / "cache", progress=False, batch_size=16)
+
+    def reference(**changes):
+        opts = EvalOptions(**{**vars(options), **changes})
+        return EvalContext(load_model(snapshot), opts, EvalEnv(), None).reference("train", opts.reference_count)
+
+    first = reference()
+    assert not first.reused and first.path.is_file() and first.features.shape[0] == 45  # 60 - 25% test
+    calls = []
+    monkeypatch.setattr(context_module, "extract_features", lambda *a: calls.append(1) or extract_features(*a))
+    again = reference()
+    assert again.reused and again.path == first.path and not calls
+    np.testing.assert_array_equal(again.features, first.features)
+    np.testing.assert_array_equal(again.sigma, first.sigma)
+
+    fewer = reference(reference_count=20)  # the count is part of the key
+    assert not fewer.reused and fewer.features.shape[0] == 20 and fewer.path != first.path
+    np.testing.assert_allclose(fewer.features, first.features[:20], rtol=1e-5, atol=1e-6)
+
+    first.path.write_bytes(b"damaged")  # an unreadable entry is recomputed
+    assert not reference().reused
+
+    changed = images.copy()
+    changed[:, :4] = 255  # the same file names, different pixels: a new manifest digest
+    build_image_set(tmp_path / "b", changed)
+    modified = reference(data=tmp_path / "b" / "set")
+    assert not modified.reused and modified.path != first.path
+    assert not np.allclose(modified.mu, first.mu)
