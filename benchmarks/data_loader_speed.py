@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from data_pipeline.bench import format_table, run_bench
+from data_pipeline.build import BuildOptions, build_dataset
+from data_pipeline.sources import parse_source
 
-from data_pipeline.bench import format_table, run_bench  # noqa: E402
-from data_pipeline.build import BuildOptions, build_dataset  # noqa: E402
-from data_pipeline.sources import parse_source  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_name() -> str:

@@ -23,21 +23,19 @@ import dataclasses
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the project before benchmarks/ (whose data_pipeline.py would shadow the package)
+from eval.compat import import_torchvision
+from eval.features import INCEPTION_SIZE, InceptionExtractor, StandInExtractor, clean_resize
+from eval.likelihood import log_likelihood_estimates
+from models import build_model
+from train.config import load_config
+from train.schema import RunConfig
 
-from eval.compat import import_torchvision  # noqa: E402
-from eval.features import INCEPTION_SIZE, InceptionExtractor, StandInExtractor, clean_resize  # noqa: E402
-from eval.likelihood import log_likelihood_estimates  # noqa: E402
-from models import build_model  # noqa: E402
-from train.config import load_config  # noqa: E402
-from train.schema import RunConfig  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def synchronize(device: torch.device) -> None:

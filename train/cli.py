@@ -36,6 +36,8 @@ def main(args: argparse.Namespace) -> int:
     from train.trainer import EXIT_DIVERGED, Trainer, TrainingDiverged, check_data
 
     cfg = load_config(RunConfig, args.config, args.overrides)
+    # the run directory records where the data is from anywhere (eval jobs start elsewhere)
+    cfg.data.path = str(Path(cfg.data.path).resolve())
     check_data(cfg)
     use_accelerate = args.backend == "accelerate" or (args.backend == "auto" and launched_by_distributed_launcher())
     if use_accelerate:
