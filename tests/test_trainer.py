@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import train.trainer
 from launch.cli import main as sivae
 from train import checkpoint
+from train.exit_codes import EXIT_DIVERGED
 
 TINY = Path(__file__).parent / "tiny_run.yaml"
 DRIVER = Path(__file__).parent / "train_driver.py"
@@ -188,7 +189,7 @@ def test_repeated_divergence_rolls_back_then_stops(tmp_path, digits16, monkeypat
     limits = ("train.max_consecutive_skips=3", "train.max_rollbacks=1")
     code = run_training(run_dir, digits16, "train.total_kimg=0.384", *limits)
     err = capsys.readouterr()
-    assert code == train.trainer.EXIT_DIVERGED
+    assert code == EXIT_DIVERGED
     assert "rolling back to the last checkpoint" in err.err
     assert "the run diverges" in err.out
 

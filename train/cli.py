@@ -27,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from train.config import ConfigError, load_config
     from train.distributed import launched_by_distributed_launcher
+    from train.exit_codes import EXIT_DIVERGED
     from train.schema import RunConfig
-    from train.trainer import EXIT_DIVERGED, Trainer, TrainingDiverged, check_data
+    from train.trainer import Trainer, TrainingDiverged, check_data
 
     cfg = load_config(RunConfig, args.config, args.overrides)
     # the run directory records where the data is from anywhere (eval jobs start elsewhere)

@@ -98,6 +98,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def prepare_ops() -> str:
+    """Build now, in this one process, the op DeepSpeed builds at its first distributed start (on CPU its
+    shared-memory communication op: about a minute, cached in ~/.cache/torch_extensions). Several ranks
+    building it at once can crash; launchers call this before they start the ranks. Returns what was done."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return "nothing to build for this accelerator"
+    builder.load(verbose=False)
+    return f"{builder.absolute_name()} built (or found in the cache)"
+
+
 def deepspeed_env(device: str = "auto") -> DistEnv:
     """Join (or, started alone, create) the process group through DeepSpeed. Reads RANK, WORLD_SIZE,
     LOCAL_RANK, MASTER_ADDR and MASTER_PORT as every launcher exports them (under Slurm `sivae launch`

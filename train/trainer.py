@@ -27,14 +27,13 @@ from train.collectives import all_gather_objects, broadcast_object
 from train.config import ConfigError, to_dict
 from train.distributed import AccelerateBackend, DistEnv
 from train.ema import ema_beta, update_ema
+from train.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from train.logger import Logger
 from train.run_dir import RunDir
 from train.schedule import Position, position, schedule_kimg
 from train.schema import ObjectiveConfig, RunConfig
 from train.snapshot import write_snapshot
 from train.steps import training_step
-
-EXIT_OK, EXIT_DIVERGED, EXIT_PREEMPTED = 0, 3, 4
 
 
 @dataclass
