@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from train.config import ConfigError, load_config
     from train.distributed import launched_by_distributed_launcher
-    from train.exit_codes import EXIT_DIVERGED
+    from train.exit_codes import EXIT_DIVERGED, EXIT_PREEMPTED
     from train.schema import RunConfig
     from train.trainer import Trainer, TrainingDiverged, check_data
 
@@ -43,10 +44,16 @@ def main(args: argparse.Namespace) -> int:
                                            "(WORLD_SIZE > 1): use accelerate or deepspeed")  # fmt: skip
     env, accelerator = process_env(cfg.train.backend, args.device)
     try:
-        return Trainer(cfg, args.run_dir, env, accelerator).run()
+        code = Trainer(cfg, args.run_dir, env, accelerator).run()
     except TrainingDiverged as exc:
         print(f"sivae train: {exc}")
         return EXIT_DIVERGED
+    if code == EXIT_PREEMPTED:
+        # The checkpoint is written. A launcher tearing down the step as the other ranks exit (srun
+        # --kill-on-bad-exit, DeepSpeed's launcher) may send SIGTERM now: it must not turn status 4 into a kill.
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
+    return code
 
 
 def process_env(backend: str, device: str):
