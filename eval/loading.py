@@ -181,7 +181,7 @@ def _load_deepspeed(probe: Probe, device: torch.device) -> LoadedModel:
     """A checkpoint directory of the DeepSpeed backend (train.deepspeed_checkpoint): the EMA weights and
     position from the trainer state saved with it; DeepSpeed itself is not needed."""
     path = probe.path
-    if not (path / "encoder").is_dir() or not (path / "decoder").is_dir():
+    if not (path / "encoder").is_dir():
         raise LoadError(f"{path}: a DeepSpeed checkpoint directory, but not one of `sivae train` "
                         "(it has no encoder/ and decoder/ engine checkpoints)")  # fmt: skip
     try:

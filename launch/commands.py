@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = commands.add_parser(
         "eval-job", help="submit the nightly evaluation as a Slurm job, optionally recurring",
         description="Write RUNS_DIR/eval-report/nightly.sbatch and submit it: `sivae eval nightly RUNS_DIR "
-        "EVAL_ARGS` over the job's processes. With --every the job submits itself again to begin that long after "
+        "[--eval-args]` over the job's processes. With --every the job submits itself again to begin that long after "
         "it started (sbatch --begin), so one submission starts a series; scancel the pending job to end it.",
     )  # fmt: skip
     e.add_argument("runs_dir", type=Path, help="directory holding run directories")
@@ -91,8 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--gpus-per-node", type=int, default=1, help="GPUs (processes) per node (1)")
     e.add_argument("--cpu-only", action="store_true", help="request no GPUs")
     _job_arguments(e, default_time="04:00:00")
-    e.add_argument("eval_args", nargs=argparse.REMAINDER, metavar="-- EVAL_ARGS",
-                   help="options of `sivae eval nightly` (after --), e.g. -- --ood-data data/svhn")  # fmt: skip
+    e.add_argument("--eval-args", default="", metavar="'OPTIONS'",
+                   help="options of `sivae eval nightly`, quoted as one argument: --eval-args '--ood-data data/svhn'")
     e.set_defaults(handler=main_eval_job)
 
     t = commands.add_parser(
@@ -285,7 +285,7 @@ def main_slurm(args: argparse.Namespace) -> int:
 
 def main_eval_job(args: argparse.Namespace) -> int:
     runs_dir = args.runs_dir.resolve()
-    eval_args = args.eval_args[1:] if args.eval_args[:1] == ["--"] else args.eval_args
+    eval_args = shlex.split(args.eval_args)
     sivae = [sys.executable, "-m", "launch.cli"]
     step = [*sivae, "launch", "task", "--", *sivae, "eval", "nightly", str(runs_dir), *eval_args]
     report = runs_dir / "eval-report"

@@ -35,6 +35,7 @@ class Launch:
     master_addr: str = "127.0.0.1"
     master_port: int = DEFAULT_PORT
     python: str = sys.executable
+    program: tuple[str, ...] = ("-m", "launch.cli")  # how each process runs `sivae` under `python`
 
     def __post_init__(self) -> None:
         if self.launcher not in LAUNCHERS:
@@ -52,7 +53,7 @@ class Launch:
 
 
 def train_module(launch: Launch) -> list[str]:
-    return ["-m", "launch.cli", "train", *launch.train_args]
+    return [*launch.program, "train", *launch.train_args]
 
 
 def deepspeed_world_info(nodes: int, procs_per_node: int) -> str:
@@ -77,9 +78,10 @@ def launcher_command(launch: Launch) -> list[str]:
                 f"--num_machines={n}", f"--machine_rank={launch.node_rank}", f"--main_process_ip={launch.master_addr}",
                 f"--main_process_port={launch.master_port}", "--mixed_precision=no", "--dynamo_backend=no",
                 *train_module(launch)]  # fmt: skip
+    program = ["--module", launch.program[1]] if launch.program[0] == "-m" else list(launch.program)
     return [py, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={deepspeed_world_info(n, g)}",
             f"--node_rank={launch.node_rank}", f"--master_addr={launch.master_addr}",
-            f"--master_port={launch.master_port}", "--module", "--no_local_rank", "launch.cli", "train",
+            f"--master_port={launch.master_port}", "--no_local_rank", *program, "train",
             *launch.train_args]  # fmt: skip
 
 

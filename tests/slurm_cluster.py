@@ -89,6 +89,7 @@ class LocalSlurm:
             "ReturnToService=2",
             "JobRequeue=1",
             "AuthInfo=cred_expire=10",  # a requeued job waits this long before it starts again (default 120 s)
+            "SchedulerParameters=sched_interval=1,bf_interval=1",  # look at pending jobs every second (default 60)
             "MinJobAge=600",
             "KillWait=30",
             f"StateSaveLocation={r / 'state'}",

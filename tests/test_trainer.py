@@ -76,7 +76,7 @@ def test_stopped_and_resumed_run_is_bit_identical(tmp_path, digits16, straight):
 
 def test_process_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path, digits16, straight):
     run_dir = tmp_path / "killed"
-    env = {**os.environ, "SIVAE_TEST_KILL_IN_CHECKPOINT": "2", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "SIVAE_TEST_KILL_IN_CHECKPOINT": "2", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     args = ["train", str(TINY), "--run-dir", str(run_dir), "--device", "cpu", f"data.path={digits16}",
             "train.total_kimg=0.384"]
     proc = subprocess.run([sys.executable, str(DRIVER), *args], env=env, cwd=REPO, capture_output=True, text=True)
@@ -99,7 +99,8 @@ def free_port() -> int:
 def test_two_processes_under_accelerate_stay_in_sync_and_see_different_data(tmp_path, digits16):
     record = tmp_path / "record"
     record.mkdir()
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "SIVAE_TEST_RECORD": str(record)}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "SIVAE_TEST_RECORD": str(record),
+           "PYTHONPATH": str(REPO)}  # the driver script would otherwise import an installed copy of the project
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(free_port())]

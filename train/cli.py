@@ -42,6 +42,13 @@ def main(args: argparse.Namespace) -> int:
     if cfg.train.backend == "single" and several:
         raise ConfigError("train.backend", "'single' trains one process, but a launcher started several "
                                            "(WORLD_SIZE > 1): use accelerate or deepspeed")  # fmt: skip
+    if cfg.train.backend == "deepspeed":
+        import torch
+
+        from train.deepspeed_backend import check_precision
+
+        wanted = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+        check_precision(cfg.train.precision, torch.device(wanted))
     env, accelerator = process_env(cfg.train.backend, args.device)
     try:
         code = Trainer(cfg, args.run_dir, env, accelerator).run()

@@ -92,6 +92,12 @@ def deepspeed_config(
     return merge(config, settings.extra)
 
 
+def check_precision(precision: Precision, device: torch.device) -> None:
+    """Refuse a precision DeepSpeed cannot train in on `device` (before any process group or engine exists)."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision", "DeepSpeed trains in fp16 on CUDA only; use bf16 or fp32 here")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,8 +155,7 @@ class DeepSpeedBackend(Backend):
     ):
         import deepspeed
 
-        if precision == "fp16" and env.device.type != "cuda":
-            raise ConfigError("train.precision", "DeepSpeed trains in fp16 on CUDA only; use bf16 or fp32 here")
+        check_precision(precision, env.device)
         super().__init__(model, env.device, precision)
         self.rank, self.world_size = env.rank, env.world_size
         self.optimizers = optimizers
@@ -214,12 +219,21 @@ class DeepSpeedBackend(Backend):
             applied = self.agree(torch.isfinite(norm))
             for engine in engines:
                 engine.step() if applied else engine.zero_grad()
-            return self.record(net, applied)
-        applied = True
-        for engine in engines:
-            engine.step()
-            applied = applied and engine.was_step_applied()
+        else:
+            applied = True
+            for engine in engines:
+                engine.step()
+                applied = applied and engine.was_step_applied()
+        self._broadcast_buffers(engines)
         return self.record(net, applied)
+
+    def _broadcast_buffers(self, engines: list) -> None:
+        """Rank 0's buffers (the decoder's tracked average w) on every rank, as DDP's broadcast_buffers does:
+        each rank's forward passes move them with its own samples, and only rank 0's are saved."""
+        if self.world_size > 1:
+            for engine in engines:
+                for buffer in engine.module.buffers():
+                    dist.broadcast(buffer, src=0)
 
     def set_layout(self, per_device_batch: int, accumulation: int) -> None:
         for engine in self.engines.values():
