@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -64,8 +65,9 @@ def run_all(configs: dict[tuple[str, str], Toy2DConfig], out: Path, jobs: int) -
         counter = ctx.Value("q", 0)
         total = sum(cfg.iters for cfg, _ in todo)
         print(f"toy2d: {len(todo)} of {len(configs)} runs to do, {jobs} at a time, {threads} thread(s) each")
+        interval = 0.5 if sys.stderr.isatty() else 30.0  # a log file gets a line every 30 s
         with ctx.Pool(jobs, initializer=_init_worker, initargs=(counter, threads)) as pool, tqdm(
-            total=total, desc="toy2d --all", unit="it", smoothing=0.02
+            total=total, desc="toy2d --all", unit="it", smoothing=0.02, mininterval=interval
         ) as bar:
             pending = pool.map_async(_run_one, todo, chunksize=1)
             while not pending.ready():
