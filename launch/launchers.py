@@ -73,8 +73,10 @@ def launcher_command(launch: Launch) -> list[str]:
                 f"--node-rank={launch.node_rank}", f"--master-addr={launch.master_addr}",
                 f"--master-port={launch.master_port}", *train_module(launch)]  # fmt: skip
     if launch.launcher == "accelerate":
-        # autocast and loss scaling stay the trainer's (--mixed_precision no), as under every launcher
-        return [py, "-m", "accelerate.commands.launch", "--multi_gpu", f"--num_processes={launch.world_size}",
+        # autocast and loss scaling stay the trainer's (--mixed_precision no), as under every launcher;
+        # accelerate refuses --multi_gpu for one process
+        multi = ["--multi_gpu"] if launch.world_size > 1 else []
+        return [py, "-m", "accelerate.commands.launch", *multi, f"--num_processes={launch.world_size}",
                 f"--num_machines={n}", f"--machine_rank={launch.node_rank}", f"--main_process_ip={launch.master_addr}",
                 f"--main_process_port={launch.master_port}", "--mixed_precision=no", "--dynamo_backend=no",
                 *train_module(launch)]  # fmt: skip

@@ -100,6 +100,8 @@ def test_launcher_commands_for_node_1_of_2():
         "py", "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=16", "--num_machines=2",
         "--machine_rank=1", "--main_process_ip=n0", "--main_process_port=6000", "--mixed_precision=no",
         "--dynamo_backend=no", "-m", "launch.cli", "train", *train]  # fmt: skip
+    one = launcher_command(Launch("accelerate", train, python="py"))
+    assert "--multi_gpu" not in one and "--num_processes=1" in one  # accelerate refuses --multi_gpu for one process
     deepspeed = launcher_command(Launch("deepspeed", train, **common))
     assert deepspeed[:4] == ["py", "-u", "-m", "deepspeed.launcher.launch"]
     assert deepspeed[5:] == ["--node_rank=1", "--master_addr=n0", "--master_port=6000", "--no_local_rank",
