@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 OUT ?= runs
 
-.PHONY: install demo test lint data
+.PHONY: install demo test test-deps lint data
 
 # torch first (DeepSpeed builds against the installed torch: --no-build-isolation), then the
 # project; constraints.txt keeps every step on torch 2.13.0.
@@ -17,8 +17,17 @@ DEMO_KIMG ?= 35
 demo: install data
 	OMP_NUM_THREADS=2 $(PYTHON) -m launch.cli train configs/emoji.yaml --run-dir $(OUT)/emoji train.total_kimg=$(DEMO_KIMG)
 
-test: install
+test: install test-deps
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q
+
+# What the launch tests need beyond Python packages. The real-Slurm test runs munged, slurmctld and slurmd from
+# Debian's packages: installed where we are root with apt-get (elsewhere that test skips, saying why). DeepSpeed
+# builds a CPU op at its first distributed start (~1 min): built once here, not by ranks racing each other.
+test-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v slurmctld >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge; \
+	fi
+	OMP_NUM_THREADS=1 $(PYTHON) -m launch.cli launch prepare
 
 lint:
 	ruff check .

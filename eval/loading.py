@@ -1,8 +1,9 @@
 """Any saved model -> an inference VAE (EMA weights, eval mode) and what training had reached.
 
 Formats are a small registry: each `ModelFormat` says whether it recognises a path (`claims`) and
-loads it (`load`). `load_model(path)` asks them in order, so a new on-disk format (the DeepSpeed
-checkpoint directory of issue 6) plugs in with `register_format(...)` and no caller changes. Every
+loads it (`load`). `load_model(path)` asks them in order, so a new on-disk format plugs in with
+`register_format(...)` and no caller changes: snapshots, checkpoint files, and the checkpoint
+directories of the DeepSpeed backend (RUN/checkpoints/ckpt-N/). Every
 failure -- unreadable, truncated, wrong contents, unsupported -- is one `LoadError`, which callers
 report and skip.
 """
@@ -19,6 +20,8 @@ import torch
 
 from models import VAE, build_model
 from train import checkpoint, snapshot
+from train import deepspeed_checkpoint as ds_checkpoint
+from train.checkpoint import CheckpointError
 from train.config import ConfigError, from_dict
 from train.schedule import position
 from train.schema import RunConfig
@@ -150,7 +153,11 @@ def _load_snapshot(probe: Probe, device: torch.device) -> LoadedModel:
 
 
 def _load_checkpoint(probe: Probe, device: torch.device) -> LoadedModel:
-    state, path = probe.state, probe.path
+    return _from_trainer_state(probe.state, probe.path, "checkpoint", device)
+
+
+def _from_trainer_state(state: dict[str, Any], path: Path, fmt: str, device: torch.device) -> LoadedModel:
+    """The EMA networks of a checkpoint's trainer state, at the level its schedule and image count give."""
     try:
         cfg = run_config(state["config"], path)
         encoder, decoder = _split_vae_state(state["ema"])
@@ -160,7 +167,7 @@ def _load_checkpoint(probe: Probe, device: torch.device) -> LoadedModel:
         raise LoadError(f"{path}: checkpoint lacks {exc}") from None
     # a checkpoint does not store the level: it follows from the schedule and the images seen
     pos = position(cfg.train.schedule, images / 1000.0)
-    return LoadedModel(model, cfg, images, pos.lod, pos.blend, pos.resolution, path, "checkpoint")
+    return LoadedModel(model, cfg, images, pos.lod, pos.blend, pos.resolution, path, fmt)
 
 
 def _is_deepspeed_directory(probe: Probe) -> bool:
@@ -170,11 +177,20 @@ def _is_deepspeed_directory(probe: Probe) -> bool:
                               or any(path.glob("mp_rank_*_model_states.pt")))
 
 
-def _unsupported_deepspeed(probe: Probe, device: torch.device) -> LoadedModel:
-    raise LoadError(f"{probe.path}: unsupported format (a DeepSpeed checkpoint directory; its loader comes with "
-                    "the DeepSpeed backend, issue 6)")
+def _load_deepspeed(probe: Probe, device: torch.device) -> LoadedModel:
+    """A checkpoint directory of the DeepSpeed backend (train.deepspeed_checkpoint): the EMA weights and
+    position from the trainer state saved with it; DeepSpeed itself is not needed."""
+    path = probe.path
+    if not (path / "encoder").is_dir():
+        raise LoadError(f"{path}: a DeepSpeed checkpoint directory, but not one of `sivae train` "
+                        "(it has no encoder/ and decoder/ engine checkpoints)")  # fmt: skip
+    try:
+        state = ds_checkpoint.read_trainer_state(path)
+    except CheckpointError as exc:
+        raise LoadError(str(exc)) from None
+    return _from_trainer_state(state, path, "deepspeed", device)
 
 
 register_format(ModelFormat("snapshot", lambda p: p.format_tag == snapshot.FORMAT, _load_snapshot))
 register_format(ModelFormat("checkpoint", lambda p: p.format_tag == checkpoint.FORMAT, _load_checkpoint))
-register_format(ModelFormat("deepspeed", _is_deepspeed_directory, _unsupported_deepspeed))
+register_format(ModelFormat("deepspeed", _is_deepspeed_directory, _load_deepspeed))

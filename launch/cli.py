@@ -12,7 +12,7 @@ import sys
 
 from train.config import ConfigError
 
-SUBCOMMANDS = ("data_pipeline.cli", "models.cli", "train.cli", "train.toy2d.cli", "eval.cli")
+SUBCOMMANDS = ("data_pipeline.cli", "models.cli", "train.cli", "train.toy2d.cli", "eval.cli", "launch.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,3 +14,32 @@ def digits16(tmp_path_factory) -> Path:
     code = sivae(["data", "build", "--source", "digits", "--out", str(out), "--max-resolution", "16", "--upsample"])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def deepspeed_ops():
+    """DeepSpeed's CPU communication op, built once before any test starts DeepSpeed ranks (several ranks
+    building it at once can crash; the launchers do the same before they start ranks)."""
+    from train.deepspeed_backend import prepare_ops
+
+    return prepare_ops()
+
+
+@pytest.fixture(scope="session")
+def deepspeed_straight(tmp_path_factory, digits16, deepspeed_ops):
+    """straight(zero_stage, precision) -> (run directory, per-rank records): the uninterrupted 8-16px run of two
+    DeepSpeed ranks, started once per configuration by DeepSpeed's launcher."""
+    from launch_helpers import deepspeed_args, launch
+
+    runs: dict[tuple[int, str], tuple] = {}
+
+    def straight(zero: int, precision: str):
+        if (zero, precision) not in runs:
+            root = tmp_path_factory.mktemp(f"ds-z{zero}-{precision}")
+            run_dir, record = root / "run", root / "record"
+            proc = launch("deepspeed", deepspeed_args(run_dir, digits16, zero, precision), record=record)
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            runs[zero, precision] = run_dir, record
+        return runs[zero, precision]
+
+    return straight

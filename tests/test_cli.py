@@ -5,7 +5,7 @@ import sys
 
 from launch.cli import build_parser
 
-EXPECTED = {"data", "eval", "models", "toy2d", "train"}
+EXPECTED = {"data", "eval", "launch", "models", "toy2d", "train"}
 
 
 def subcommands():

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import train.trainer
 from launch.cli import main as sivae
 from train import checkpoint
+from train.exit_codes import EXIT_DIVERGED
 
 TINY = Path(__file__).parent / "tiny_run.yaml"
 DRIVER = Path(__file__).parent / "train_driver.py"
@@ -75,7 +76,7 @@ def test_stopped_and_resumed_run_is_bit_identical(tmp_path, digits16, straight):
 
 def test_process_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path, digits16, straight):
     run_dir = tmp_path / "killed"
-    env = {**os.environ, "SIVAE_TEST_KILL_IN_CHECKPOINT": "2", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "SIVAE_TEST_KILL_IN_CHECKPOINT": "2", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     args = ["train", str(TINY), "--run-dir", str(run_dir), "--device", "cpu", f"data.path={digits16}",
             "train.total_kimg=0.384"]
     proc = subprocess.run([sys.executable, str(DRIVER), *args], env=env, cwd=REPO, capture_output=True, text=True)
@@ -98,7 +99,8 @@ def free_port() -> int:
 def test_two_processes_under_accelerate_stay_in_sync_and_see_different_data(tmp_path, digits16):
     record = tmp_path / "record"
     record.mkdir()
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "SIVAE_TEST_RECORD": str(record)}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "SIVAE_TEST_RECORD": str(record),
+           "PYTHONPATH": str(REPO)}  # the driver script would otherwise import an installed copy of the project
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(free_port())]
@@ -188,7 +190,7 @@ def test_repeated_divergence_rolls_back_then_stops(tmp_path, digits16, monkeypat
     limits = ("train.max_consecutive_skips=3", "train.max_rollbacks=1")
     code = run_training(run_dir, digits16, "train.total_kimg=0.384", *limits)
     err = capsys.readouterr()
-    assert code == train.trainer.EXIT_DIVERGED
+    assert code == EXIT_DIVERGED
     assert "rolling back to the last checkpoint" in err.err
     assert "the run diverges" in err.out
 

@@ -1,8 +1,10 @@
-"""`sivae train` with test instrumentation, for trainer tests that need a separate process.
+"""`sivae` with test instrumentation, for trainer tests that need a separate process (launchers start it as
+their program: `launch.launchers.Launch(program=(this file,))`).
 
 Environment switches (all optional):
 - SIVAE_TEST_KILL_IN_CHECKPOINT=N: SIGKILL the process in the middle of writing its N-th checkpoint
-  (after part of the file is written), as a node failure would.
+  (after part of the file is written), as a node failure would. Checkpoint files are the single-file
+  format and, under DeepSpeed, the model-states file that carries the trainer state (rank 0's).
 - SIVAE_TEST_RECORD=DIR: each rank writes DIR/rank{r}.pt with the sha1 of every training batch it
   drew and its final model parameters.
 """
@@ -15,6 +17,7 @@ import sys
 import torch
 
 import train.checkpoint
+import train.deepspeed_checkpoint
 import train.trainer
 from launch.cli import main
 
@@ -24,11 +27,14 @@ if kill_at:
     real_save = torch.save
 
     def save(obj, f, *args, **kwargs):
-        if isinstance(obj, dict) and obj.get("format") == train.checkpoint.FORMAT:
+        ours = isinstance(obj, dict) and (obj.get("format") == train.checkpoint.FORMAT
+                                          or train.deepspeed_checkpoint.CLIENT_KEY in obj)
+        if ours:
             saves["count"] += 1
             if saves["count"] == kill_at:
-                f.write(b"PK\x03\x04" + b"\0" * 4096)  # the start of a zip archive, then death
-                f.flush()
+                out = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f  # noqa: SIM115
+                out.write(b"PK\x03\x04" + b"\0" * 4096)  # the start of a zip archive, then death
+                out.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
         return real_save(obj, f, *args, **kwargs)
 

@@ -2,8 +2,12 @@
 
 The training steps (train/steps.py) are written once against `Backend`. A backend decides how a
 forward pass runs (device, autocast, DDP or DeepSpeed wrappers) and what an update is
-(backward, loss scaling, the finiteness check, the optimizer step). `LocalBackend` is the plain
-single process on a CPU or one GPU; the distributed backends subclass it.
+(backward, loss scaling, the finiteness check, the optimizer step), and it owns the training state
+of the networks and optimizers: the batch layout and optimizer reset of a level (`set_layout`,
+`reset_optimizer`) and how that state is checkpointed (`save_checkpoint` / `restore_checkpoint`, with the trainer's own
+state inside). `LocalBackend` is the plain single process on a CPU or one GPU with single-file
+checkpoints; `train.distributed.AccelerateBackend` subclasses it, `train.deepspeed_backend` has
+DeepSpeed's engines and checkpoint directories.
 
 Freezing follows DESIGN.md 2.1: in the encoder phase the decoder's parameters stop requiring
 gradients but gradients still flow *through* it into the encoder, and vice versa. The frozen net
@@ -13,13 +17,16 @@ is called unwrapped (DDP and DeepSpeed then do not wait for gradients it will ne
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from models.base import VAE
+from train import checkpoint
+from train.collectives import barrier, broadcast_object
 
 Net = Literal["encoder", "decoder", "both"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -32,6 +39,9 @@ class Backend:
     model: VAE
     device: torch.device
     precision: Precision
+    rank: int = 0
+    world_size: int = 1
+    optimizers: dict[str, torch.optim.Optimizer]  # per net; their param_groups carry the learning rate
 
     def __init__(self, model: VAE, device: torch.device, precision: Precision = "fp32"):
         self.model = model
@@ -108,9 +118,32 @@ class Backend:
             self.consecutive_skips += 1
         return applied
 
+    # ---- levels and checkpoints -----------------------------------------------------------
+    def set_layout(self, per_device_batch: int, accumulation: int) -> None:
+        """The batch layout from now on: micro-batches per update and their size on each process."""
+
+    def reset_optimizer(self) -> None:
+        """Forget the optimizer state (moments, step counts): the reference resets Adam at each level switch."""
+        for opt in self.optimizers.values():
+            opt.state.clear()
+
+    def save_checkpoint(self, directory: Path, images: int, trainer_state: dict[str, Any], keep: int) -> None:
+        """Write the training state after `images` images (a collective: every rank calls it) with the
+        trainer's own state inside, then keep only the newest `keep` checkpoints."""
+        raise NotImplementedError
+
+    def restore_checkpoint(self, directory: Path, warn: Callable[[str], None]) -> tuple[str, dict[str, Any]] | None:
+        """Load the newest complete checkpoint into the networks and optimizers (a collective); returns its
+        name and the trainer state saved with it, or None when there is none."""
+        raise NotImplementedError
+
 
 class LocalBackend(Backend):
-    """One process, CPU or one GPU; an optimizer and a gradient scaler per network."""
+    """One process, CPU or one GPU; an optimizer and a gradient scaler per network.
+
+    Checkpoints are single files (train.checkpoint) holding the trainer state plus `model`,
+    `optimizers` and `scalers`; with several processes rank 0 writes them and broadcasts them on restore.
+    """
 
     def __init__(
         self,
@@ -165,3 +198,31 @@ class LocalBackend(Backend):
             opt.zero_grad(set_to_none=True)
         self._losses_finite = None
         return self.record(net, applied)
+
+    # ---- single-file checkpoints ----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "scalers": {k: v.state_dict() for k, v in self.scalers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        for k, scaler in self.scalers.items():
+            scaler.load_state_dict(state["scalers"][k])
+
+    def save_checkpoint(self, directory: Path, images: int, trainer_state: dict[str, Any], keep: int) -> None:
+        if self.rank == 0:
+            checkpoint.save(checkpoint.checkpoint_path(directory, images), {**trainer_state, **self.state_dict()})
+            checkpoint.prune(directory, keep)
+        barrier(self.world_size)
+
+    def restore_checkpoint(self, directory: Path, warn: Callable[[str], None]) -> tuple[str, dict[str, Any]] | None:
+        found = checkpoint.latest(directory, warn=warn) if self.rank == 0 else None
+        named = broadcast_object((found[0].name, found[1]) if found else None, self.world_size)
+        if named is not None:
+            self.load_state_dict(named[1])
+        return named

@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from models.base import VAE
 from train.backend import LocalBackend, Precision
-
-BackendName = Literal["single", "accelerate"]
+from train.collectives import all_true
 
 
 @dataclass(frozen=True)
@@ -66,6 +64,7 @@ class AccelerateBackend(LocalBackend):
     ):
         super().__init__(model, optimizers, device=accelerator.device, precision=precision, grad_clip=grad_clip)
         self.accelerator = accelerator
+        self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
         self.wrapped: dict[str, nn.Module] = {
             name: accelerator.prepare_model(getattr(model, name), device_placement=True)
             for name in ("encoder", "decoder")
@@ -85,9 +84,7 @@ class AccelerateBackend(LocalBackend):
         return stack
 
     def agree(self, flag: Tensor) -> bool:
-        flag = flag.to(self.device, torch.int32).reshape(1)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
+        return all_true(flag.to(self.device), self.world_size)
 
 
 def make_accelerator(cpu: bool):
@@ -106,25 +103,3 @@ def accelerate_env(accelerator) -> DistEnv:
     return DistEnv(
         accelerator.process_index, accelerator.num_processes, accelerator.local_process_index, accelerator.device
     )
-
-
-def all_gather_objects(obj, world_size: int) -> list:
-    if world_size == 1:
-        return [obj]
-    out = [None] * world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj, world_size: int):
-    if world_size == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def barrier(world_size: int) -> None:
-    if world_size > 1:
-        dist.barrier()
-

@@ -16,9 +16,10 @@ def ema_beta(batch_images: int, halflife_kimg: float) -> float:
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     """ema <- beta * ema + (1 - beta) * model for parameters; buffers (running stats, the
-    tracked average w) are copied."""
+    tracked average w) are copied. The EMA keeps its own dtype (fp32 when DeepSpeed's fp16 mode
+    holds the model's weights in fp16)."""
     ema_params, params = list(ema.parameters()), list(model.parameters())
     if ema_params:
-        torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - beta)
+        torch._foreach_lerp_(ema_params, [p.detach().to(e.dtype) for e, p in zip(ema_params, params)], 1.0 - beta)
     for b_ema, b in zip(ema.buffers(), model.buffers()):
         b_ema.copy_(b)

@@ -7,12 +7,13 @@ other difference is refused before work starts, with the differences listed.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from train.config import ConfigError, diff, dump_yaml, to_dict
+from train.config import ConfigError, diff, dump_yaml, from_dict, to_dict
 from train.schema import RunConfig
 
 # Keys a resumed run may change: they do not alter what has been trained so far.
@@ -25,6 +26,9 @@ RESUMABLE_CHANGES = (
     "train.keep_checkpoints",
     "data.path",
 )
+# Backends whose checkpoints are single files (train.checkpoint): a run may move between them. DeepSpeed's
+# checkpoint directories are another format, so switching to or from "deepspeed" is refused.
+SINGLE_FILE_BACKENDS = ("auto", "single", "accelerate")
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,13 @@ class RunDir:
     def check_resume(self, cfg: RunConfig) -> None:
         """Refuse a config that conflicts with the stored one."""
         stored = yaml.safe_load(self.config.read_text())
-        changes = diff(stored, to_dict(cfg))
+        with contextlib.suppress(ConfigError):  # keys added to the schema since the run started take defaults
+            stored = to_dict(from_dict(RunConfig, stored))
+        new = to_dict(cfg)
+        backends = (stored.get("train", {}).get("backend"), new["train"]["backend"])
+        if all(b in SINGLE_FILE_BACKENDS for b in backends):  # the same checkpoints: any process count
+            stored["train"]["backend"] = new["train"]["backend"]
+        changes = diff(stored, new)
         conflicts = [c for c in changes if not c.split(":")[0].startswith(RESUMABLE_CHANGES)]
         if conflicts:
             listing = "\n  ".join(conflicts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from data_pipeline.config import DataConfig
 from models.config import ModelConfig
@@ -11,6 +11,8 @@ from train.backend import Precision
 from train.config import require
 
 ObjectiveName = Literal["soft-intro", "intro", "vae"]
+# auto: the Accelerate backend when started with several processes (WORLD_SIZE > 1), else single
+BackendName = Literal["auto", "single", "accelerate", "deepspeed"]
 
 
 @dataclass
@@ -68,6 +70,39 @@ class OptimizerConfig:
         require(self.eps > 0, "eps", "must be > 0")
 
 
+# DeepSpeed config keys the backend derives from the rest of the run config (batch layout, precision,
+# clipping, ZeRO stage, the optimizer): `train.deepspeed.extra` may not set them.
+DEEPSPEED_OWN_KEYS = (
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping",
+    "optimizer", "scheduler", "fp16", "bf16", "bfloat16", "torch_autocast", "zero_optimization.stage",
+)
+
+
+@dataclass
+class DeepSpeedConfig:
+    """Settings of the DeepSpeed backend (train.backend: deepspeed); see train/deepspeed_backend.py."""
+
+    zero_stage: int = 0  # 0: data parallel; 1: optimizer states partitioned; 2: gradients too
+    # Further DeepSpeed config entries, passed through as written (e.g. {zero_optimization: {overlap_comm: true,
+    # reduce_bucket_size: 50000000}}); the keys in DEEPSPEED_OWN_KEYS come from the run config and are refused here.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(
+            self.zero_stage != 3,
+            "zero_stage",
+            "ZeRO stage 3 is not supported: it partitions the parameters themselves, while the EMA update, the "
+            "frozen network of each phase (called outside its engine) and the snapshots read whole parameters on "
+            "every rank; use 2 (optimizer states and gradients partitioned)",
+        )
+        require(self.zero_stage in (0, 1, 2), "zero_stage", "must be 0, 1 or 2")
+        for dotted in DEEPSPEED_OWN_KEYS:
+            node: Any = self.extra
+            for part in dotted.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            require(node is None, f"extra.{dotted}", "is set by the backend from the run config; remove it here")
+
+
 @dataclass
 class TrainConfig:
     schedule: list[LevelConfig] = field(default_factory=lambda: [LevelConfig(resolution=4)])
@@ -89,6 +124,8 @@ class TrainConfig:
     log_every_kimg: float = 1.0
     channels_last: bool = False
     compile: bool = False
+    backend: BackendName = "auto"
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self) -> None:
         require(len(self.schedule) > 0, "schedule", "needs at least one level")

@@ -23,17 +23,17 @@ from data_pipeline.manifest import load_manifest
 from models import build_model, fade_real_images
 from train import checkpoint
 from train.backend import Backend, LocalBackend
+from train.collectives import all_gather_objects, broadcast_object
 from train.config import ConfigError, to_dict
-from train.distributed import AccelerateBackend, DistEnv, all_gather_objects, barrier, broadcast_object
+from train.distributed import AccelerateBackend, DistEnv
 from train.ema import ema_beta, update_ema
+from train.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from train.logger import Logger
 from train.run_dir import RunDir
 from train.schedule import Position, position, schedule_kimg
 from train.schema import ObjectiveConfig, RunConfig
 from train.snapshot import write_snapshot
 from train.steps import training_step
-
-EXIT_OK, EXIT_DIVERGED, EXIT_PREEMPTED = 0, 3, 4
 
 
 @dataclass
@@ -85,13 +85,12 @@ class Trainer:
         self.model = build_model(cfg.model).to(env.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # the EMA's structure is copied before a backend wraps (or, DeepSpeed fp16, converts) the model; its
+        # values after, when every rank holds rank 0's initial weights
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizers = make_optimizers(self.model, cfg)
-        options = {"precision": t.precision, "grad_clip": t.grad_clip}
-        if accelerator is None:
-            self.backend: Backend = LocalBackend(self.model, self.optimizers, device=env.device, **options)
-        else:
-            self.backend = AccelerateBackend(self.model, self.optimizers, accelerator, **options)
+        self.backend = self.make_backend(accelerator)
+        self.ema.load_state_dict(self.model.state_dict())
         if t.compile:
             self.model.encoder.compile()
             self.model.decoder.compile()
@@ -99,6 +98,20 @@ class Trainer:
         self.stream = None
         self.stop_requested = False
         self.logger: Logger | None = None
+
+    def make_backend(self, accelerator) -> Backend:
+        """The backend the (resolved) train.backend names; `accelerator` is given for "accelerate"."""
+        t = self.cfg.train
+        options = {"precision": t.precision, "grad_clip": t.grad_clip}
+        if t.backend == "deepspeed":
+            from train.deepspeed_backend import DeepSpeedBackend  # imports DeepSpeed: only when used
+
+            micro, accumulation = self.layout(t.schedule[0].batch)
+            return DeepSpeedBackend(self.model, self.optimizers, self.env, t.deepspeed, micro_batch=micro,
+                                    accumulation=accumulation, **options)  # fmt: skip
+        if t.backend == "accelerate":
+            return AccelerateBackend(self.model, self.optimizers, accelerator, **options)
+        return LocalBackend(self.model, self.optimizers, device=self.env.device, **options)
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -198,14 +211,15 @@ class Trainer:
 
     def enter_level(self, pos: Position) -> None:
         if self.progress.level >= 0 and self.cfg.train.reset_optimizer_on_level:
-            for opt in self.optimizers.values():
-                opt.state.clear()  # the reference resets Adam at every level switch
+            self.backend.reset_optimizer()
         self.progress.level, self.progress.level_iterations = pos.level, 0
         self.stream = None
         self.log(f"level {pos.level}: {pos.resolution}px, global batch {pos.config.batch}, lr {pos.config.lr:g}")
 
     def open_stream(self, pos: Position) -> None:
+        """The data stream of the level from where the run stands (a level switch, a resume, a rollback)."""
         per_device, accumulation = self.layout(pos.config.batch)
+        self.backend.set_layout(per_device, accumulation)
         d = self.cfg.data
         stream = TrainStream(
             d.path,
@@ -260,12 +274,10 @@ class Trainer:
 
     # ---- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The trainer's own state; the backend saves it with the networks' and optimizers' (save_checkpoint)."""
         self.progress.skipped_updates = dict(self.backend.skipped)
         return {
-            "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
-            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
-            "scalers": {k: v.state_dict() for k, v in self.backend.scalers.items()},
             "progress": dataclasses.asdict(self.progress),
             "rng": all_gather_objects(checkpoint.capture_rng(), self.env.world_size),  # every rank's
             "world_size": self.env.world_size,
@@ -273,12 +285,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        for k, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][k])
-        for k, scaler in self.backend.scalers.items():
-            scaler.load_state_dict(state["scalers"][k])
         self.progress = Progress(**state["progress"])
         self.backend.skipped = dict(self.progress.skipped_updates)
         if state["world_size"] == self.env.world_size:
@@ -289,20 +296,17 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         state = self.state_dict()  # collective (the RNG gather): every rank takes part
-        if self.env.is_main:
-            path = checkpoint.checkpoint_path(self.run_dir.checkpoints, self.progress.images)
-            checkpoint.save(path, state)
-            checkpoint.prune(self.run_dir.checkpoints, self.cfg.train.keep_checkpoints)
-        barrier(self.env.world_size)
+        self.backend.save_checkpoint(self.run_dir.checkpoints, self.progress.images, state,
+                                     self.cfg.train.keep_checkpoints)  # fmt: skip
 
     def restore_latest(self) -> bool:
-        found = checkpoint.latest(self.run_dir.checkpoints, warn=self.log) if self.env.is_main else None
-        state = broadcast_object(found[1] if found else None, self.env.world_size)
-        if state is None:
+        found = self.backend.restore_checkpoint(self.run_dir.checkpoints, warn=self.log)
+        if found is None:
             self.log("no readable checkpoint: starting from scratch")
             return False
+        name, state = found
         self.load_state_dict(state)
-        self.log(f"resumed at kimg {self.progress.images / 1000:.3f}" + (f" from {found[0].name}" if found else ""))
+        self.log(f"resumed at kimg {self.progress.images / 1000:.3f} from {name}")
         return True
 
     def roll_back(self) -> None:

@@ -1,0 +1,283 @@
+"""The DeepSpeed backend: one engine per network, ZeRO stages 0-2, checkpoint directories.
+
+Engines. The encoder and the decoder each get a DeepSpeed engine around the trainer's Adam (the
+config's betas and eps; the level's learning rate is set on that optimizer's param_groups, which
+DeepSpeed's wrappers step). In a phase the trainable net is called through its engine, the frozen
+one through `engine.module` with requires_grad off: gradients flow through it, and its engine never
+waits for gradients it will not get.
+
+Accumulation. `accumulating(last)` sets the trainable engines' accumulation boundary explicitly
+(`set_gradient_accumulation_boundary`), so an engine accumulates -- and under ZeRO 2 reduces into
+its partitions -- exactly the micro-batches the step code runs, and reduces and steps at the last
+one; `set_layout` keeps DeepSpeed's micro-batch size and accumulation steps equal to the level's
+layout. `engine.backward(loss, scale_wrt_gas=False)`: the step code already divides by the number
+of micro-batches.
+
+The joint update (VAE warm-up: one loss, both nets). Each engine has to run its own backward. The
+encoder's outputs therefore enter the rest of the graph as leaves: the decoder engine's backward
+fills the decoder's gradients and the leaves', then the encoder engine's backward continues from
+there through the surrogate sum(<output, leaf gradient>), whose gradient is exactly the chain rule's.
+(This needs the encoder's input not to depend on the decoder, which holds in the VAE loss.)
+
+Precision. fp32 and bf16: the engines hold fp32 parameters and the backend's autocast computes in
+bf16, the same arithmetic as the other backends. DeepSpeed's own bf16 mode would turn the module's
+weights to bf16 -- what the EMA, the frozen net and the snapshots read. fp16: DeepSpeed's fp16 mode
+(fp16 module weights, fp32 master weights in the optimizer, DeepSpeed's dynamic loss scale started
+and backed off like torch's GradScaler); the EMA is kept in fp32. DeepSpeed has fp16 on CUDA only.
+
+Non-finite updates. Under ZeRO 1/2, and in fp16, DeepSpeed checks the global norm of the reduced
+gradients and skips the step (`was_step_applied`); under ZeRO 0 in fp32/bf16 the reduced gradients
+are whole on every rank and the backend checks their norm itself, as LocalBackend does.
+
+Level switches. Progressive growing fades in blocks that exist from the start, so the engines stay
+and `reset_optimizer` clears the Adam state in place (`reset_optimizer_on_level`). DeepSpeed hands
+parameters of inactive levels zero gradients where the other backends leave them without; with
+beta1 = 0 (the style configs) Adam's update for a zero gradient is exactly zero, so they agree.
+
+Checkpoints: train.deepspeed_checkpoint (every rank saves; rank 0 marks the directory complete).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from models.base import VAE
+from train import deepspeed_checkpoint as ds_ckpt
+from train.backend import Backend, Net, Precision
+from train.checkpoint import CheckpointError
+from train.collectives import all_true, barrier, broadcast_object
+from train.config import ConfigError, merge
+from train.distributed import DistEnv, default_device
+from train.schema import DeepSpeedConfig
+
+NETS = ds_ckpt.NETS
+
+
+def deepspeed_config(
+    settings: DeepSpeedConfig,
+    *,
+    precision: Precision,
+    grad_clip: float | None,
+    micro_batch: int,
+    accumulation: int,
+    world_size: int,
+) -> dict[str, Any]:
+    """The DeepSpeed config of one engine: the batch layout, clipping, ZeRO stage and precision of the run
+    config, then `settings.extra` merged over it."""
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro_batch * accumulation * world_size,
+        "gradient_clipping": grad_clip or 0.0,
+        "zero_optimization": {"stage": settings.zero_stage},
+        "zero_allow_untested_optimizer": True,  # the trainer's torch Adam under ZeRO
+        "steps_per_print": 2**62,  # the trainer logs progress itself
+    }
+    if precision == "fp16":
+        # torch.amp.GradScaler's schedule (what LocalBackend uses): 2^16 at first, halved at each overflow,
+        # doubled after 2000 steps without one
+        config["fp16"] = {"enabled": True, "initial_scale_power": 16, "loss_scale_window": 2000, "hysteresis": 1,
+                          "min_loss_scale": 1}  # fmt: skip
+    return merge(config, settings.extra)
+
+
+def check_precision(precision: Precision, device: torch.device) -> None:
+    """Refuse a precision DeepSpeed cannot train in on `device` (before any process group or engine exists)."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision", "DeepSpeed trains in fp16 on CUDA only; use bf16 or fp32 here")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare_ops() -> str:
+    """Build now, in this one process, the op DeepSpeed builds at its first distributed start (on CPU its
+    shared-memory communication op: about a minute, cached in ~/.cache/torch_extensions). Several ranks
+    building it at once can crash; launchers call this before they start the ranks. Returns what was done."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return "nothing to build for this accelerator"
+    builder.load(verbose=False)
+    return f"{builder.absolute_name()} built (or found in the cache)"
+
+
+def deepspeed_env(device: str = "auto") -> DistEnv:
+    """Join (or, started alone, create) the process group through DeepSpeed. Reads RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR and MASTER_PORT as every launcher exports them (under Slurm `sivae launch`
+    maps Slurm's variables to them: DeepSpeed reads none of Slurm's)."""
+    import deepspeed
+
+    deepspeed.utils.logger.setLevel(logging.WARNING)  # its INFO lines repeat the config on every rank
+    if "WORLD_SIZE" not in os.environ:  # a single process: a process group of one
+        defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(free_port())}  # fmt: skip
+        for key, value in defaults.items():
+            os.environ.setdefault(key, value)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = default_device(local_rank) if device == "auto" else torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    deepspeed.init_distributed(dist_backend="nccl" if dev.type == "cuda" else "gloo", auto_mpi_discovery=False)
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev)
+
+
+class DeepSpeedBackend(Backend):
+    """Data parallel training through two DeepSpeed engines (encoder, decoder)."""
+
+    def __init__(
+        self,
+        model: VAE,
+        optimizers: dict[str, torch.optim.Optimizer],
+        env: DistEnv,
+        settings: DeepSpeedConfig,
+        *,
+        precision: Precision = "fp32",
+        grad_clip: float | None = None,
+        micro_batch: int,
+        accumulation: int,
+    ):
+        import deepspeed
+
+        check_precision(precision, env.device)
+        super().__init__(model, env.device, precision)
+        self.rank, self.world_size = env.rank, env.world_size
+        self.optimizers = optimizers
+        self.zero_stage = settings.zero_stage
+        config = deepspeed_config(settings, precision=precision, grad_clip=grad_clip, micro_batch=micro_batch,
+                                  accumulation=accumulation, world_size=env.world_size)  # fmt: skip
+        self.engines = {
+            name: deepspeed.initialize(model=getattr(model, name), optimizer=optimizers[name],
+                                       config=copy.deepcopy(config), dist_init_required=False)[0]
+            for name in NETS
+        }  # fmt: skip
+        # ZeRO 0 in fp32/bf16 steps the plain Adam, which has no overflow check of its own
+        self.checks_finiteness_itself = self.zero_stage == 0 and precision != "fp16"
+        self._cut: list[tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = []  # joint update: outputs, leaves
+
+    def _trainable(self) -> list[str]:
+        return list(NETS) if self.trainable == "both" else [self.trainable]
+
+    def callable(self, name: Literal["encoder", "decoder"]) -> nn.Module:
+        engine = self.engines[name]
+        return engine if self.trainable in (name, "both") else engine.module
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = super().encode(x)
+        if self.trainable != "both":
+            return mu, logvar
+        if x.requires_grad:
+            raise RuntimeError("the joint update cuts the graph at the encoder's outputs, so the encoder's input "
+                               "must not depend on the decoder")  # fmt: skip
+        leaves = (mu.detach().requires_grad_(), logvar.detach().requires_grad_())
+        self._cut.append(((mu, logvar), leaves))
+        return leaves
+
+    def accumulating(self, last: bool) -> contextlib.AbstractContextManager:
+        for name in self._trainable():
+            self.engines[name].set_gradient_accumulation_boundary(last)
+        return contextlib.nullcontext()
+
+    def backward(self, net: Net, loss: Tensor) -> None:
+        if net != "both":
+            self.engines[net].backward(loss, scale_wrt_gas=False)
+            return
+        decoder, encoder = self.engines["decoder"], self.engines["encoder"]
+        decoder.backward(loss, scale_wrt_gas=False)
+        unscale = 1.0 / float(getattr(decoder.optimizer, "loss_scale", 1.0))  # fp16: the decoder's loss scale
+        pairs = [(out, leaf.grad) for outs, leaves in self._cut for out, leaf in zip(outs, leaves)]
+        self._cut.clear()
+        surrogate = sum((out.float() * (grad.float() * unscale)).sum() for out, grad in pairs if grad is not None)
+        if not isinstance(surrogate, Tensor):
+            raise RuntimeError("the joint update's loss does not depend on the encoder")
+        encoder.backward(surrogate, scale_wrt_gas=False)
+
+    def agree(self, flag: Tensor) -> bool:
+        return all_true(flag.to(self.device), self.world_size)
+
+    def step(self, net: Net) -> bool:
+        engines = [self.engines[name] for name in (NETS if net == "both" else (net,))]
+        if self.checks_finiteness_itself:
+            grads = [p.grad for e in engines for p in e.module.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+            applied = self.agree(torch.isfinite(norm))
+            for engine in engines:
+                engine.step() if applied else engine.zero_grad()
+        else:
+            applied = True
+            for engine in engines:
+                engine.step()
+                applied = applied and engine.was_step_applied()
+        self._broadcast_buffers(engines)
+        return self.record(net, applied)
+
+    def _broadcast_buffers(self, engines: list) -> None:
+        """Rank 0's buffers (the decoder's tracked average w) on every rank, as DDP's broadcast_buffers does:
+        each rank's forward passes move them with its own samples, and only rank 0's are saved."""
+        if self.world_size > 1:
+            for engine in engines:
+                for buffer in engine.module.buffers():
+                    dist.broadcast(buffer, src=0)
+
+    def set_layout(self, per_device_batch: int, accumulation: int) -> None:
+        for engine in self.engines.values():
+            engine.set_train_micro_batch_size(per_device_batch)
+            engine.set_train_batch_size(per_device_batch * accumulation * self.world_size)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, directory: Path, images: int, trainer_state: dict[str, Any], keep: int) -> None:
+        path = ds_ckpt.checkpoint_dir(directory, images)
+        if ds_ckpt.is_complete(path):  # a finished run started again: this state is saved already
+            return
+        if self.rank == 0 and path.exists():
+            shutil.rmtree(path)  # an interrupted write of this same checkpoint before a crash
+        barrier(self.world_size)
+        for name, engine in self.engines.items():
+            client = {ds_ckpt.CLIENT_KEY: trainer_state} if name == "encoder" else {}
+            engine.save_checkpoint(str(path), tag=name, client_state=client, save_latest=False)
+        barrier(self.world_size)  # every rank's files are written
+        if self.rank == 0:
+            ds_ckpt.mark_complete(path, images, self.world_size, self.zero_stage)
+            ds_ckpt.prune(directory, keep)
+        barrier(self.world_size)
+
+    def restore_checkpoint(self, directory: Path, warn) -> tuple[str, dict[str, Any]] | None:
+        found = ds_ckpt.latest_complete(directory) if self.rank == 0 else None
+        name = broadcast_object(found.name if found else None, self.world_size)
+        if name is None:
+            return None
+        path = Path(directory) / name
+        marker = ds_ckpt.read_marker(path)
+        if marker["zero_stage"] != self.zero_stage:
+            raise CheckpointError(f"{path}: written under ZeRO {marker['zero_stage']}, this run uses ZeRO "
+                                  f"{self.zero_stage}")  # fmt: skip
+        if marker["world_size"] != self.world_size and self.zero_stage > 0:
+            raise CheckpointError(
+                f"{path}: written by {marker['world_size']} processes under ZeRO {self.zero_stage}, which partitions "
+                f"the optimizer state per process; resume with {marker['world_size']} processes"
+            )
+        trainer_state = None
+        for net, engine in self.engines.items():
+            loaded, client = engine.load_checkpoint(str(path), tag=net, load_optimizer_states=True,
+                                                    load_lr_scheduler_states=False)  # fmt: skip
+            if loaded is None:
+                raise CheckpointError(f"{path / net}: DeepSpeed could not load it")
+            if net == "encoder":
+                trainer_state = client[ds_ckpt.CLIENT_KEY]
+        return name, trainer_state
