@@ -11,7 +11,7 @@ install:
 	$(PIP) install -q -c constraints.txt "torch==2.13.0" setuptools wheel
 	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[test]"
 
-# The main job: the style model on the emoji set, 4px -> 32px (35 kimg, about 14 minutes on 2 CPU
+# The main job: the style model on the emoji set, 4px -> 32px (35 kimg, about 15 minutes on 2 CPU
 # cores); run it again to resume, or raise train.total_kimg to continue to 64px.
 DEMO_KIMG ?= 35
 demo: install data
