@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from train.schema import ObjectiveConfig
 from train.toy2d import metrics
 from train.toy2d.datasets import HALF_RANGE, SAMPLERS
+from train.toy2d.study import Toy2DConfig, run, train
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -90,6 +93,52 @@ def test_short_run_writes_metrics_and_plots(tmp_path):
     for png in ("real.png", "generated.png", "density.png", "summary.png", "history.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "batch_size: 128" in (out / "config.yaml").read_text()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_straight_result(tmp_path):
+    """Killed after iteration 50 with checkpoints every 20: the second start resumes at 40 and ends with
+    the weights, history and metrics of a run never interrupted (same thread count: bit for bit)."""
+    cfg = Toy2DConfig(dataset="2spirals", objective=ObjectiveConfig(name="soft-intro", beta_neg=0.9), iters=90,
+                      vae_warmup_iters=30, batch_size=64, lr_milestones=[60], checkpoint_every=20, log_every=10,
+                      eval_samples=500, gnelbo_grid=32, gnelbo_data_points=200)  # fmt: skip
+    straight, straight_history, _, _ = train(cfg, progress=False)
+
+    out = tmp_path / "run"
+    calls = 0
+
+    def kill_after_50():
+        nonlocal calls
+        calls += 1
+        if calls == 50:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(cfg, out, progress=False, on_iter=kill_after_50)
+    assert (out / "checkpoint.pt").is_file() and not (out / "metrics.json").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["iteration"] == 40
+    other_config_dir = tmp_path / "other"
+    shutil.copytree(out, other_config_dir)
+
+    resumed, history, _, _ = train(cfg, progress=False, checkpoint=out / "checkpoint.pt")
+    assert history == straight_history
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    result = run(cfg, out, progress=False)  # finishes from the same checkpoint, then removes it
+    assert result["iters"] == 90 and not (out / "checkpoint.pt").exists()
+
+    # another configuration in the same directory never resumes that checkpoint: all 90 iterations run
+    iterations = 0
+
+    def count():
+        nonlocal iterations
+        iterations += 1
+
+    run(Toy2DConfig(**{**cfg.__dict__, "seed": 7}), other_config_dir, progress=False, on_iter=count)
+    assert iterations == 90
 
 
 def test_bad_override_is_refused_before_work(tmp_path):

@@ -16,12 +16,13 @@ from typing import Literal
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 from models.base import VAE
 from models.mlp import mlp_vae
 from train.backend import LocalBackend
-from train.config import dump_yaml, require
+from train.config import dump_yaml, require, to_dict
 from train.fileio import atomic_write, atomic_write_text
 from train.objectives import kl_divergence, reconstruction_error
 from train.schema import ObjectiveConfig
@@ -50,9 +51,11 @@ class Toy2DConfig:
     gnelbo_grid: int = 1024
     gnelbo_data_points: int = 12_800
     log_every: int = 100
+    checkpoint_every: int = 1_000  # iterations between resumable checkpoints (out/checkpoint.pt)
 
     def __post_init__(self) -> None:
-        for key in ("iters", "batch_size", "latent_dim", "hidden", "eval_samples", "gnelbo_grid", "log_every"):
+        for key in ("iters", "batch_size", "latent_dim", "hidden", "eval_samples", "gnelbo_grid", "log_every",
+                    "checkpoint_every"):
             require(getattr(self, key) > 0, key, "must be > 0")
         for key in ("vae_warmup_iters", "hidden_layers", "gnelbo_data_points"):
             require(getattr(self, key) >= 0, key, "must be >= 0")
@@ -74,17 +77,37 @@ def build(cfg: Toy2DConfig) -> tuple[VAE, LocalBackend, list[torch.optim.lr_sche
     return model, LocalBackend(model, optimizers), schedulers
 
 
-def train(cfg: Toy2DConfig, progress: bool = True, on_iter=None) -> tuple[VAE, list[dict[str, float]], int]:
-    """Train from the seed; returns the model, the history logged every `log_every` iterations
-    and the number of updates skipped for a non-finite loss or gradient."""
+def train(
+    cfg: Toy2DConfig, progress: bool = True, on_iter=None, checkpoint: Path | None = None
+) -> tuple[VAE, list[dict[str, float]], int, float]:
+    """Train from the seed; returns the model, the history logged every `log_every` iterations,
+    the number of updates skipped for a non-finite loss or gradient, and the training seconds.
+
+    With `checkpoint`, the whole state (networks, Adam, lr schedules, both RNG streams, history) is
+    written there every `checkpoint_every` iterations, and a run finding one resumes from it: the
+    result is bit-identical to an uninterrupted run on the same thread count."""
     torch.manual_seed(cfg.seed)
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)
     model, backend, schedulers = build(cfg)
     sampler = SAMPLERS[cfg.dataset]
     scale = cfg.objective.scale or 1.0 / model.input_dim()
     history: list[dict[str, float]] = []
+    start_iter, seconds_before = 0, 0.0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        backend.load_state_dict(state["backend"])
+        backend.skipped.update(state["skipped"])
+        for sched, sched_state in zip(schedulers, state["schedulers"]):
+            sched.load_state_dict(sched_state)
+        torch.set_rng_state(state["torch_rng"])
+        data_gen.set_state(state["data_rng"])
+        history, start_iter, seconds_before = state["history"], state["iteration"], state["train_seconds"]
+        print(f"{cfg.dataset}/{cfg.objective.name}: resumed at iteration {start_iter}", file=sys.stderr)
+    start = time.perf_counter()
     bar = tqdm(
-        range(cfg.iters),
+        range(start_iter, cfg.iters),
+        initial=start_iter,
+        total=cfg.iters,
         desc=f"{cfg.dataset}/{cfg.objective.name}",
         disable=not progress,
         smoothing=0.05,
@@ -99,12 +122,24 @@ def train(cfg: Toy2DConfig, progress: bool = True, on_iter=None) -> tuple[VAE, l
             row = {"iter": float(it), **{k: float(v) for k, v in stats.items()}}
             history.append(row)
             bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("rec", "kl_real", "kl_fake")})
+        done = it + 1
+        if checkpoint is not None and done % cfg.checkpoint_every == 0 and done < cfg.iters:
+            state = {
+                "backend": backend.state_dict(),
+                "skipped": dict(backend.skipped),
+                "schedulers": [sched.state_dict() for sched in schedulers],
+                "torch_rng": torch.get_rng_state(),
+                "data_rng": data_gen.get_state(),
+                "history": history,
+                "iteration": done,
+                "train_seconds": seconds_before + time.perf_counter() - start,
+            }
+            atomic_write(checkpoint, lambda f, state=state: torch.save(state, f))
         if on_iter is not None:
             on_iter()
-    return model, history, sum(backend.skipped.values())
+    return model, history, sum(backend.skipped.values()), seconds_before + time.perf_counter() - start
 
 
-@torch.no_grad()
 def negative_elbo(model: VAE, points: torch.Tensor, batch: int = 65_536) -> torch.Tensor:
     """-ELBO with beta_rec = beta_kl = 1 and z = mu, per point."""
     out = []
@@ -141,6 +176,12 @@ def _pool(density: np.ndarray, size: int = 256) -> np.ndarray:
     return density[:n, :n].reshape(n // k, k, n // k, k).mean(axis=(1, 3))
 
 
+def same_config(cfg: Toy2DConfig, out: Path) -> bool:
+    """Whether `out` holds a run (finished or not) of exactly this configuration."""
+    cfg_file = out / "config.yaml"
+    return cfg_file.is_file() and yaml.safe_load(cfg_file.read_text()) == to_dict(cfg)
+
+
 def run(
     cfg: Toy2DConfig, out: str | Path, *, progress: bool = True, on_iter=None, threads: int | None = None
 ) -> dict[str, float]:
@@ -151,17 +192,19 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(threads)
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.is_file() and not same_config(cfg, out):
+        checkpoint.unlink()  # a checkpoint of another configuration: start afresh
     dump_yaml(cfg, out / "config.yaml")
-    start = time.perf_counter()
-    model, history, skipped = train(cfg, progress=progress, on_iter=on_iter)
-    train_seconds = time.perf_counter() - start
+    model, history, skipped, train_seconds = train(cfg, progress=progress, on_iter=on_iter, checkpoint=checkpoint)
+    eval_start = time.perf_counter()
     result, arrays = evaluate(model, cfg)
     result |= {
         "dataset": cfg.dataset,
         "objective": cfg.objective.name,
         "iters": cfg.iters,
         "seed": cfg.seed,
-        "seconds": time.perf_counter() - start,
+        "seconds": train_seconds + time.perf_counter() - eval_start,
         "train_seconds": train_seconds,
         "iters_per_second": cfg.iters / train_seconds,
         "skipped_updates": skipped,
@@ -180,6 +223,7 @@ def run(
     atomic_write_text(out / "history.json", json.dumps(history))
     # metrics.json last: its presence marks a finished run.
     atomic_write_text(out / "metrics.json", json.dumps(_finite(result), indent=2))
+    checkpoint.unlink(missing_ok=True)
     return result
 
 

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
-from train.config import to_dict
 from train.fileio import atomic_write_text
 from train.toy2d import plots
 from train.toy2d.datasets import DATASETS, HALF_RANGE
-from train.toy2d.study import Toy2DConfig, run
+from train.toy2d.study import Toy2DConfig, run, same_config
 
 OBJECTIVES = ("soft-intro", "intro", "vae")
 _progress = None  # shared iteration counter, set in each worker
@@ -33,10 +31,7 @@ def run_dir(out: Path, dataset: str, objective: str) -> Path:
 
 
 def is_done(cfg: Toy2DConfig, out: Path) -> bool:
-    cfg_file, metrics_file = out / "config.yaml", out / "metrics.json"
-    if not (cfg_file.is_file() and metrics_file.is_file()):
-        return False
-    return yaml.safe_load(cfg_file.read_text()) == to_dict(cfg)
+    return (out / "metrics.json").is_file() and same_config(cfg, out)
 
 
 def _init_worker(counter, threads: int) -> None:
