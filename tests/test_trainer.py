@@ -14,6 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train.trainer
+from eval.loading import load_model
 from launch.cli import main as sivae
 from train import checkpoint
 from train.exit_codes import EXIT_DIVERGED
@@ -139,6 +140,9 @@ def test_level_switch_with_fade_in_and_tensorboard_contents(straight):
     assert image.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and image.width > 0
     assert sorted(p.name for p in (straight / "snapshots").iterdir())[-2:] == [
         "snapshot-000000000384.pt", "snapshot-000000000384.ready"]
+    # the run ends where the 16px level starts: the last snapshot is the 8px level it trained, not 16px at blend 0
+    final = load_model(straight / "snapshots" / "snapshot-000000000384.pt")
+    assert (final.resolution, final.blend, final.images) == (8, 1.0, 384)
     assert list((straight / "samples").glob("samples-*.png")) and list((straight / "samples").glob("reconstr*.png"))
 
 

@@ -141,6 +141,7 @@ class Trainer:
 
     def _loop(self) -> int:
         t = self.cfg.train
+        pos = position(t.schedule, self.progress.images / 1000)  # kept if nothing is left to train
         while self.progress.images < self.total_images:
             pos = position(t.schedule, self.progress.images / 1000)
             if pos.level != self.progress.level:
@@ -169,7 +170,9 @@ class Trainer:
                 self.log(f"stop signal: checkpoint written at kimg {self.progress.images / 1000:.3f}; exiting")
                 return EXIT_PREEMPTED
         self.save_checkpoint()
-        self.save_snapshot(position(t.schedule, self.progress.images / 1000))
+        # the level the last iteration trained at: the image count may already have reached the next
+        # level's start, whose new layers have not trained yet
+        self.save_snapshot(pos)
         self.log(
             f"done at kimg {self.progress.images / 1000:.3f}. TensorBoard: tensorboard --logdir {self.run_dir.tb}  "
             f"sample grids: {self.run_dir.samples}  snapshots: {self.run_dir.snapshots}"
