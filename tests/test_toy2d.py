@@ -9,11 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from train.config import to_dict
 from train.schema import ObjectiveConfig
 from train.toy2d import metrics
 from train.toy2d.datasets import HALF_RANGE, SAMPLERS
-from train.toy2d.study import Toy2DConfig, run, train
+from train.toy2d.study import Toy2DConfig, run, same_config, train
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -139,6 +141,19 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_straight_result(t
 
     run(Toy2DConfig(**{**cfg.__dict__, "seed": 7}), other_config_dir, progress=False, on_iter=count)
     assert iterations == 90
+
+
+def test_runs_differing_only_in_how_they_are_saved_are_the_same_run(tmp_path):
+    """A finished run counts as done whatever its checkpoint cadence (older runs have no such key); any key that
+    changes the result makes it another run."""
+    cfg = Toy2DConfig(dataset="rings")
+    saved = yaml.safe_load(yaml.safe_dump(to_dict(cfg)))
+    del saved["checkpoint_every"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert same_config(cfg, tmp_path)
+    assert same_config(Toy2DConfig(dataset="rings", checkpoint_every=7), tmp_path)
+    assert not same_config(Toy2DConfig(dataset="rings", seed=93), tmp_path)
+    assert not same_config(Toy2DConfig(dataset="rings", objective=ObjectiveConfig(beta_neg=0.5)), tmp_path)
 
 
 def test_bad_override_is_refused_before_work(tmp_path):

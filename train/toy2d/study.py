@@ -176,10 +176,20 @@ def _pool(density: np.ndarray, size: int = 256) -> np.ndarray:
     return density[:n, :n].reshape(n // k, k, n // k, k).mean(axis=(1, 3))
 
 
+# Keys that say how a run is saved, not what it computes: runs that differ only in them are the same run.
+OPERATIONAL_KEYS = ("checkpoint_every",)
+
+
 def same_config(cfg: Toy2DConfig, out: Path) -> bool:
-    """Whether `out` holds a run (finished or not) of exactly this configuration."""
+    """Whether `out` holds a run (finished or not) of this configuration."""
     cfg_file = out / "config.yaml"
-    return cfg_file.is_file() and yaml.safe_load(cfg_file.read_text()) == to_dict(cfg)
+    if not cfg_file.is_file():
+        return False
+    saved, wanted = yaml.safe_load(cfg_file.read_text()), to_dict(cfg)
+    for key in OPERATIONAL_KEYS:
+        saved.pop(key, None)
+        wanted.pop(key, None)
+    return saved == wanted
 
 
 def run(
