@@ -33,7 +33,8 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from launch.launchers import Launch, launcher_command, launcher_env
-from train.deepspeed_backend import free_port, prepare_ops
+from train.deepspeed_backend import prepare_ops
+from train.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("single", "accelerate", "torchrun", "deepspeed-0", "deepspeed-1", "deepspeed-2")

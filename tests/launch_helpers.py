@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from launch.launchers import Launch, launcher_command, launcher_env
 from train import checkpoint
 from train import deepspeed_checkpoint as ds_ckpt
+from train.distributed import free_port
 
 REPO = Path(__file__).parents[1]
 TINY = Path(__file__).parent / "tiny_run.yaml"
@@ -24,12 +24,6 @@ SCHEDULE = ("train.schedule=[{resolution: 8, stable_kimg: 0.064, batch: 16, lr: 
 RUN_8_16 = (SCHEDULE, "train.vae_warmup_kimg=0.032", "train.per_device_batch=4", "train.checkpoint_every_kimg=0.064",
             "train.snapshot_every_kimg=0.192", "train.sample_every_kimg=0.192", "train.log_every_kimg=0.016")
 ITERATIONS, IMAGES = 12, 192
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_args(run_dir: Path, data: Path, *overrides: str) -> tuple[str, ...]:

@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from train.distributed import free_port
+
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel", "munge")
 
 
@@ -30,12 +32,6 @@ def unavailable() -> str | None:
     if not Path("/etc/munge/munge.key").is_file():
         return "no /etc/munge/munge.key (the munge package creates it)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _munge_answers() -> bool:
@@ -74,8 +70,8 @@ class LocalSlurm:
         return "\n".join([
             "ClusterName=sivae-test",
             f"SlurmctldHost={host}(127.0.0.1)",
-            f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={free_port()}",
+            f"SlurmdPort={free_port()}",
             "SlurmUser=root",
             "AuthType=auth/munge",
             "CredType=cred/munge",

@@ -4,8 +4,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tarfile
 import time
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from data_helpers import identity_image, sample_ids, write_identity_folder
+from process_helpers import rendezvous_env, run_together
 
 from data_pipeline import shards as shards_module
 from data_pipeline.build import BuildOptions, build_dataset
@@ -249,23 +248,12 @@ def test_two_gloo_processes_see_every_eval_sample_once_with_equal_batch_counts(t
     keys = write_identity_folder(tmp_path / "src", 11, 4)
     options = BuildOptions(workers=1, max_resolution=4, shard_size=3, test_fraction=1.0)
     build_dataset(FolderSource(tmp_path / "src"), tmp_path / "set", options, progress=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    env = {**rendezvous_env(2), "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "seen.json"
     command = [sys.executable, str(root / "tests" / "data_eval_rank.py"), str(tmp_path / "set"), "test", "4", "4",
                str(out)]
-    ranks = [subprocess.Popen(command, env={**env, "RANK": str(r)}, cwd=root, stderr=subprocess.PIPE, text=True)
-             for r in range(2)]
-    try:
-        errors = [p.communicate(timeout=180)[1] for p in ranks]
-    finally:
-        for p in ranks:
-            p.kill()  # only if it hung; a finished process ignores this
-    assert all(p.returncode == 0 for p in ranks), errors
+    run_together(command, [{**env, "RANK": str(r)} for r in range(2)], root, timeout=180)
     seen = json.loads(out.read_text())
     assert [r["batches"] for r in seen] == [2, 2]
     assert sorted(len(r["keys"]) for r in seen) == [5, 6]

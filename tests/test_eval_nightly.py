@@ -4,13 +4,12 @@ reported, two evaluators at once never duplicating, TensorBoard at the trainer's
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from eval_helpers import build_image_set, disk_images, stripe_images, tiny_run_config, tiny_snapshot
+from process_helpers import rendezvous_env, run_together
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from eval.context import EvalOptions
@@ -140,20 +139,12 @@ def test_two_evaluators_at_once_evaluate_every_snapshot_exactly_once(sets, tmp_p
     run_a = make_run(runs / "a", sets["disks"], [1000, 2000, 3000])
     run_b = make_run(runs / "b", sets["disks"], [1000, 2000, 3000])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "launch.cli", *cli_args(runs, sets)]
-    procs = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    try:
-        outputs = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()  # only if it hung
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
+    outputs = run_together([sys.executable, "-m", "launch.cli", *cli_args(runs, sets)], [env, env], ROOT)
     records = lines(run_a) + lines(run_b)
     assert len(records) == 6 and all(r["status"] == "ok" for r in records)
     assert sorted((r["run"], r["snapshot"]) for r in records) == sorted(
         {(r["run"], r["snapshot"]) for r in records})  # no snapshot twice
-    counts = [int(o[0].split("evaluated ")[1].split(",")[0]) for o in outputs]
+    counts = [int(out.split("evaluated ")[1].split(",")[0]) for out in outputs]
     assert sum(counts) == 6, counts
     for record in records:
         json.dumps(record)  # every line is whole JSON (read_results would have dropped a broken one)
@@ -162,20 +153,9 @@ def test_two_evaluators_at_once_evaluate_every_snapshot_exactly_once(sets, tmp_p
 def test_the_nightly_job_under_two_gloo_processes_records_each_snapshot_once(sets, tmp_path):
     runs = tmp_path / "runs"
     run = make_run(runs / "r", sets["disks"], [1000, 2000])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "WORLD_SIZE": "2"}
+    env = rendezvous_env(2)
     command = [sys.executable, "-m", "launch.cli", *cli_args(runs, sets, "--device", "cpu")]
-    procs = [subprocess.Popen(command, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
-    try:
-        outputs = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()  # only if it hung
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
+    run_together(command, [{**env, "RANK": str(r), "LOCAL_RANK": str(r)} for r in range(2)], ROOT)
     records = lines(run)
     assert sorted(r["snapshot"] for r in records) == ["snapshot-000000001000.pt", "snapshot-000000002000.pt"]
     assert all(r["status"] == "ok" for r in records)

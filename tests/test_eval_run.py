@@ -3,7 +3,6 @@ giving what one process gives, with every test image counted exactly once."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from eval_helpers import build_image_set, disk_images, stripe_images, tiny_run_config, tiny_snapshot
+from process_helpers import rendezvous_env, run_together
 
 from data_pipeline.manifest import load_manifest
 from models import build_model
@@ -65,21 +65,10 @@ def test_eval_run_writes_metrics_and_plots_and_says_the_extractor_is_a_stand_in(
 def test_two_gloo_processes_give_the_single_process_results(sets, tmp_path):
     single = sivae(*run_args(sets, tmp_path / "one", "--cache", tmp_path / "cache1"))
     assert single.returncode == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "WORLD_SIZE": "2"}
+    env = rendezvous_env(2)
     command = [sys.executable, "-m", "launch.cli", *map(str, run_args(sets, tmp_path / "two", "--cache",
                                                                        tmp_path / "cache2", "--device", "cpu"))]
-    ranks = [subprocess.Popen(command, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
-    try:
-        outputs = [p.communicate(timeout=300) for p in ranks]
-    finally:
-        for p in ranks:
-            p.kill()  # only if it hung
-    assert all(p.returncode == 0 for p in ranks), [o[1][-2000:] for o in outputs]
+    run_together(command, [{**env, "RANK": str(r), "LOCAL_RANK": str(r)} for r in range(2)], ROOT)
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["world_size"] == 2

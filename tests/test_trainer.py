@@ -4,7 +4,6 @@ non-finite updates, config refusal, and what TensorBoard's own reader sees."""
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import train.trainer
 from eval.loading import load_model
 from launch.cli import main as sivae
 from train import checkpoint
+from train.distributed import free_port
 from train.exit_codes import EXIT_DIVERGED
 
 TINY = Path(__file__).parent / "tiny_run.yaml"
@@ -89,12 +89,6 @@ def test_process_killed_while_writing_a_checkpoint_resumes_from_the_previous_one
     assert run_training(run_dir, digits16, "train.total_kimg=0.384") == 0
     # resumed from kimg 0.128 and, being exact, ended where the uninterrupted run ended
     assert_identical(final_state(straight)["model"], final_state(run_dir)["model"], "model")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_under_accelerate_stay_in_sync_and_see_different_data(tmp_path, digits16):

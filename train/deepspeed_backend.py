@@ -44,7 +44,6 @@ import copy
 import logging
 import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,7 +57,7 @@ from train.backend import Backend, Net, Precision
 from train.checkpoint import CheckpointError
 from train.collectives import all_true, barrier, broadcast_object
 from train.config import ConfigError, merge
-from train.distributed import DistEnv, default_device
+from train.distributed import DistEnv, default_device, free_port
 from train.schema import DeepSpeedConfig
 
 NETS = ds_ckpt.NETS
@@ -96,12 +95,6 @@ def check_precision(precision: Precision, device: torch.device) -> None:
     """Refuse a precision DeepSpeed cannot train in on `device` (before any process group or engine exists)."""
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision", "DeepSpeed trains in fp16 on CUDA only; use bf16 or fp32 here")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare_ops() -> str:

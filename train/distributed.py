@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,6 +44,13 @@ def default_device(local_rank: int = 0) -> torch.device:
 
 def single_process_env(device: str = "auto") -> DistEnv:
     return DistEnv(0, 1, 0, default_device() if device == "auto" else torch.device(device))
+
+
+def free_port() -> int:
+    """A TCP port free on this host now, for a rendezvous (MASTER_PORT) or a daemon."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def launched_by_distributed_launcher() -> bool:

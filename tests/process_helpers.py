@@ -1,0 +1,29 @@
+"""Several real processes at once for the tests: a local gloo group's variables, and running them together."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from train.distributed import free_port
+
+
+def rendezvous_env(world_size: int) -> dict[str, str]:
+    """The environment of a local gloo group of `world_size` processes on a free port (each adds its RANK)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+            "WORLD_SIZE": str(world_size)}  # fmt: skip
+
+
+def run_together(command: list[str], envs: list[dict[str, str]], cwd: Path, timeout: float = 300) -> list[str]:
+    """Start `command` once per environment, all at once; wait for every one and fail with the stderr of those
+    that failed. Returns their stdouts."""
+    procs = [subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for env in envs]  # fmt: skip
+    try:
+        outputs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()  # only if it hung; a finished process ignores this
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    return [out for out, _ in outputs]
