@@ -90,6 +90,7 @@ def main_run(args: argparse.Namespace) -> int:
     from eval.distributed import init_from_environment
     from eval.loading import LoadError
     from eval.runner import evaluate, scalar_metrics
+    from train.collectives import leave_process_group
 
     metrics, options = _metrics(args), options_from(args)
     env = init_from_environment(args.device)
@@ -98,6 +99,8 @@ def main_run(args: argparse.Namespace) -> int:
     except LoadError as exc:
         print(f"sivae eval: {exc}", file=sys.stderr)
         return 1
+    finally:
+        leave_process_group()
     if env.is_main:
         print(f"{args.model} ({results['kimg']:g} kimg, {results['resolution']}px):")
         for key, value in scalar_metrics(results).items():
@@ -113,13 +116,17 @@ def main_nightly(args: argparse.Namespace) -> int:
     from eval.distributed import init_from_environment
     from eval.nightly import find_runs, run_nightly
     from eval.report import render_report
+    from train.collectives import leave_process_group
 
     metrics, options = _metrics(args), options_from(args)
     env = init_from_environment(args.device)
     if not args.runs_dir.is_dir():
         print(f"sivae eval nightly: {args.runs_dir}: no such directory", file=sys.stderr)
         return 1
-    summary = run_nightly(args.runs_dir, metrics, options, env, retry_failed=args.retry_failed)
+    try:
+        summary = run_nightly(args.runs_dir, metrics, options, env, retry_failed=args.retry_failed)
+    finally:
+        leave_process_group()
     if env.is_main:
         report = render_report(find_runs(args.runs_dir), args.runs_dir, args.report or args.runs_dir / "eval-report")
         print(f"evaluated {len(summary.evaluated)}, failed {len(summary.failed)}, busy elsewhere "

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from train.collectives import leave_process_group
     from train.config import ConfigError, load_config
     from train.distributed import launched_by_distributed_launcher
     from train.exit_codes import EXIT_DIVERGED, EXIT_PREEMPTED
@@ -55,6 +56,8 @@ def main(args: argparse.Namespace) -> int:
     except TrainingDiverged as exc:
         print(f"sivae train: {exc}")
         return EXIT_DIVERGED
+    finally:
+        leave_process_group()
     if code == EXIT_PREEMPTED:
         # The checkpoint is written. A launcher tearing down the step as the other ranks exit (srun
         # --kill-on-bad-exit, DeepSpeed's launcher) may send SIGTERM now: it must not turn status 4 into a kill.

@@ -38,3 +38,11 @@ def all_true(flag: torch.Tensor, world_size: int) -> bool:
     flag = flag.to(torch.int32).reshape(1)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def leave_process_group() -> None:
+    """Destroy the default process group, if any, before the interpreter exits. Left to interpreter
+    teardown, gloo's worker threads can outlive their owner and abort the process ("terminate called
+    without an active exception", exit status -6) after all the work succeeded."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
