@@ -119,10 +119,10 @@ def main_nightly(args: argparse.Namespace) -> int:
     from train.collectives import leave_process_group
 
     metrics, options = _metrics(args), options_from(args)
-    env = init_from_environment(args.device)
-    if not args.runs_dir.is_dir():
+    if not args.runs_dir.is_dir():  # refused before joining a process group that would then need leaving
         print(f"sivae eval nightly: {args.runs_dir}: no such directory", file=sys.stderr)
         return 1
+    env = init_from_environment(args.device)
     try:
         summary = run_nightly(args.runs_dir, metrics, options, env, retry_failed=args.retry_failed)
     finally:

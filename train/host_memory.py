@@ -10,7 +10,6 @@ the heap keep those blocks for reuse; the peak is unchanged, since what is kept 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -19,12 +18,9 @@ M_MMAP_THRESHOLD = -3
 def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
     """Serve blocks below `threshold_bytes` from the heap and never trim it below that; process-wide.
     Returns whether it applied (False where the C library has no glibc `mallopt`)."""
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter itself links
+    except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(M_MMAP_THRESHOLD, threshold_bytes) == 1 and mallopt(M_TRIM_THRESHOLD, threshold_bytes) == 1

@@ -69,7 +69,7 @@ def build(
     cfg: Toy2DConfig, fused_adam: bool = True
 ) -> tuple[VAE, LocalBackend, list[torch.optim.lr_scheduler.LRScheduler]]:
     """The MLP VAE, its Adam per net (fused: one kernel per step instead of one per parameter and moment,
-    ~5% of a 2D iteration; benchmarks/toy2d_speed.py) and their lr step decays."""
+    5-9% of a 2D iteration measured; benchmarks/toy2d_speed.py) and their lr step decays."""
     model = mlp_vae(2, cfg.latent_dim, cfg.hidden, cfg.hidden_layers)
     optimizers = {
         name: torch.optim.Adam(getattr(model, name).parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=fused_adam)
