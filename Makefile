@@ -15,7 +15,7 @@ install:
 # cores); run it again to resume, or raise train.total_kimg to continue to 64px.
 DEMO_KIMG ?= 35
 demo: install data
-	OMP_NUM_THREADS=2 $(PYTHON) -m launch.cli train configs/emoji.yaml --run-dir $(OUT)/emoji train.total_kimg=$(DEMO_KIMG)
+	OMP_NUM_THREADS=2 $(PYTHON) -m sivae train configs/emoji.yaml --run-dir $(OUT)/emoji train.total_kimg=$(DEMO_KIMG)
 
 test: install test-deps
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q
@@ -27,7 +27,7 @@ test-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v slurmctld >/dev/null; then \
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge; \
 	fi
-	OMP_NUM_THREADS=1 $(PYTHON) -m launch.cli launch prepare
+	OMP_NUM_THREADS=1 $(PYTHON) -m sivae launch prepare
 
 lint:
 	ruff check .
@@ -36,4 +36,4 @@ lint:
 data: data/emoji/manifest.json
 
 data/emoji/manifest.json:
-	OMP_NUM_THREADS=1 $(PYTHON) -m launch.cli data build --source emoji --out data/emoji
+	OMP_NUM_THREADS=1 $(PYTHON) -m sivae data build --source emoji --out data/emoji

@@ -16,9 +16,9 @@ import os
 import platform
 from pathlib import Path
 
-from data_pipeline.bench import format_table, run_bench
-from data_pipeline.build import BuildOptions, build_dataset
-from data_pipeline.sources import parse_source
+from sivae.data_pipeline.bench import format_table, run_bench
+from sivae.data_pipeline.build import BuildOptions, build_dataset
+from sivae.data_pipeline.sources import parse_source
 
 ROOT = Path(__file__).resolve().parents[1]
 

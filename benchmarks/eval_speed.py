@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
-from eval.compat import import_torchvision
-from eval.features import INCEPTION_SIZE, InceptionExtractor, StandInExtractor, clean_resize
-from eval.likelihood import log_likelihood_estimates
-from models import build_model
-from train.config import load_config
-from train.schema import RunConfig
+from sivae.core.config import load_config
+from sivae.eval.compat import import_torchvision
+from sivae.eval.features import INCEPTION_SIZE, InceptionExtractor, StandInExtractor, clean_resize
+from sivae.eval.likelihood import log_likelihood_estimates
+from sivae.models import build_model
+from sivae.train.schema import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

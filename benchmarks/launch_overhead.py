@@ -32,9 +32,9 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from launch.launchers import Launch, launcher_command, launcher_env
-from train.deepspeed_backend import prepare_ops
-from train.distributed import free_port
+from sivae.core.distributed import free_port
+from sivae.launch.launchers import Launch, launcher_command, launcher_env
+from sivae.train.deepspeed_backend import prepare_ops
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("single", "accelerate", "torchrun", "deepspeed-0", "deepspeed-1", "deepspeed-2")
@@ -50,7 +50,7 @@ def load_average() -> str:
 def build_data(resolution: int, cache: Path) -> Path:
     out = cache / f"bench-digits{resolution}"
     if not (out / "manifest.json").is_file():
-        cmd = [sys.executable, "-m", "launch.cli", "data", "build", "--source", "digits", "--out", str(out),
+        cmd = [sys.executable, "-m", "sivae", "data", "build", "--source", "digits", "--out", str(out),
                "--max-resolution", str(resolution), "--upsample", "--force"]  # fmt: skip
         subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     return out
@@ -58,7 +58,7 @@ def build_data(resolution: int, cache: Path) -> Path:
 
 def command(row: str, processes: int, train_args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     if row == "single":
-        return [sys.executable, "-m", "launch.cli", "train", *train_args, "train.backend=single"], {}
+        return [sys.executable, "-m", "sivae", "train", *train_args, "train.backend=single"], {}
     launcher, _, zero = row.partition("-")
     backend = "deepspeed" if launcher == "deepspeed" else "accelerate"
     args = (*train_args, f"train.backend={backend}", *([f"train.deepspeed.zero_stage={zero}"] if zero else []))

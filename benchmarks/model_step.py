@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from models import build_model, lod_of
-from models.summary import summarize_level
-from train.backend import LocalBackend
-from train.config import load_config
-from train.schema import RunConfig
-from train.steps import soft_intro_step
+from sivae.core.config import load_config
+from sivae.models import build_model, lod_of
+from sivae.train.backend import LocalBackend
+from sivae.train.schema import RunConfig
+from sivae.train.steps import soft_intro_step
+from sivae.train.summary import summarize_level
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")

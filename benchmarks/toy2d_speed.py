@@ -25,11 +25,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from train.host_memory import keep_freed_memory
-from train.schema import ObjectiveConfig
-from train.steps import training_step
-from train.toy2d.datasets import SAMPLERS
-from train.toy2d.study import Toy2DConfig, build
+from sivae.train.host_memory import keep_freed_memory
+from sivae.train.schema import ObjectiveConfig
+from sivae.train.steps import training_step
+from sivae.train.toy2d.datasets import SAMPLERS
+from sivae.train.toy2d.study import Toy2DConfig, build
 
 PRESET = ObjectiveConfig(name="soft-intro", beta_kl=0.3, beta_rec=0.2, beta_neg=0.9, gamma_r=1e-8)
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from models import build_model, lod_of
-from train.backend import LocalBackend
-from train.config import load_config
-from train.distributed import single_process_env
-from train.schema import LevelConfig, RunConfig
-from train.steps import training_step
-from train.trainer import Trainer, make_optimizers
+from sivae.core.config import load_config
+from sivae.core.distributed import single_process_env
+from sivae.models import build_model, lod_of
+from sivae.train.backend import LocalBackend
+from sivae.train.schema import LevelConfig, RunConfig
+from sivae.train.steps import training_step
+from sivae.train.trainer import Trainer, make_optimizers
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data_pipeline.loader import TrainStream, to_unit_range
-from data_pipeline.manifest import load_manifest
-from data_pipeline.shards import ShardReader
+from sivae.data_pipeline.loader import TrainStream, to_unit_range
+from sivae.data_pipeline.manifest import load_manifest
+from sivae.data_pipeline.shards import ShardReader
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ from typing import IO, Any
 import numpy as np
 from tqdm import tqdm
 
-from data_pipeline.errors import DataError
-from data_pipeline.images import (
+from sivae.core.fileio import atomic_write_text, fsync_dir
+from sivae.data_pipeline.errors import DataError
+from sivae.data_pipeline.images import (
     Encoding,
     ImageProblem,
     NonSquare,
@@ -46,7 +47,7 @@ from data_pipeline.images import (
     resolution_levels,
     square,
 )
-from data_pipeline.manifest import (
+from sivae.data_pipeline.manifest import (
     BUILD_STATE,
     FORMAT,
     MANIFEST_NAME,
@@ -56,8 +57,7 @@ from data_pipeline.manifest import (
     shards_digest,
     write_manifest,
 )
-from data_pipeline.sources import Source, SourceItem
-from train.fileio import atomic_write_text, fsync_dir
+from sivae.data_pipeline.sources import Source, SourceItem
 
 MAX_RESOLUTION = 1024
 _PARTIAL = ".partial-"  # in the names of shards being written

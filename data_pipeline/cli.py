@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _errors_to_exit(handler):
     def run(args: argparse.Namespace) -> int:
-        from data_pipeline.errors import DataError
+        from sivae.data_pipeline.errors import DataError
 
         try:
             return handler(args)
@@ -79,8 +79,8 @@ def _errors_to_exit(handler):
 
 @_errors_to_exit
 def _build(args: argparse.Namespace) -> int:
-    from data_pipeline.build import BuildOptions, build_dataset
-    from data_pipeline.sources import parse_source
+    from sivae.data_pipeline.build import BuildOptions, build_dataset
+    from sivae.data_pipeline.sources import parse_source
 
     options = BuildOptions(
         max_resolution=args.max_resolution, test_fraction=args.test_fraction, shard_size=args.shard_size,
@@ -115,14 +115,14 @@ def _summary(manifest) -> None:
 
 @_errors_to_exit
 def _info(args: argparse.Namespace) -> int:
-    from data_pipeline.manifest import load_manifest
+    from sivae.data_pipeline.manifest import load_manifest
 
     manifest = load_manifest(args.dir)
     print(f"data: {manifest.root}")
     _summary(manifest)
     if not args.verify:
         return 0
-    from data_pipeline.manifest import verify_shards
+    from sivae.data_pipeline.manifest import verify_shards
 
     problems = verify_shards(manifest)
     for problem in problems:
@@ -135,7 +135,7 @@ def _info(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import os
 
-    from data_pipeline.bench import format_table, run_bench
+    from sivae.data_pipeline.bench import format_table, run_bench
 
     before = os.getloadavg()
     rows = run_bench(args.dir, args.resolution, args.workers, args.batch_size, args.images)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from train.config import require
+from sivae.core.config import require
 
 
 @dataclass

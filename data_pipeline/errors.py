@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from train.config import ConfigError
+from sivae.core.config import ConfigError
 
 
 class DataError(ConfigError):

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_pipeline.errors import DataError
-from data_pipeline.images import Encoding
-from data_pipeline.manifest import Manifest, ShardInfo, load_manifest
-from data_pipeline.shards import ShardReader
+from sivae.data_pipeline.errors import DataError
+from sivae.data_pipeline.images import Encoding
+from sivae.data_pipeline.manifest import Manifest, ShardInfo, load_manifest
+from sivae.data_pipeline.shards import ShardReader
 
 _BLOCK, _REFILL = 0, 1  # RNG domains
 _MAX_REFILL_DRAWS = 1000  # per batch: past that the data set is essentially unreadable

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.errors import DataError
-from data_pipeline.images import Encoding
-from train.config import ConfigError, from_dict, require, to_dict
-from train.fileio import atomic_write_text
+from sivae.core.config import ConfigError, from_dict, require, to_dict
+from sivae.core.fileio import atomic_write_text
+from sivae.data_pipeline.errors import DataError
+from sivae.data_pipeline.images import Encoding
 
 MANIFEST_NAME = "manifest.json"
 BUILD_STATE = ".build"  # in a data set directory while its build is unfinished

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.images import Encoding, ImageProblem, decode
-from data_pipeline.manifest import ShardInfo
+from sivae.data_pipeline.images import Encoding, ImageProblem, decode
+from sivae.data_pipeline.manifest import ShardInfo
 
 log = logging.getLogger(__name__)
 _MAX_OPEN_FILES = 64

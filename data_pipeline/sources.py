@@ -26,8 +26,8 @@ from typing import IO, Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from data_pipeline.errors import DataError
-from data_pipeline.images import ImageProblem, to_rgb
+from sivae.data_pipeline.errors import DataError
+from sivae.data_pipeline.images import ImageProblem, to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")

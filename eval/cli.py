@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def options_from(args: argparse.Namespace):
-    from eval.context import EvalOptions
+    from sivae.eval.context import EvalOptions
 
     for name in ("num_samples", "iw_samples", "batch_size"):
         if getattr(args, name) < 1:
@@ -78,7 +78,7 @@ def options_from(args: argparse.Namespace):
 
 
 def _metrics(args: argparse.Namespace) -> list[str]:
-    from eval.runner import parse_metrics
+    from sivae.eval.runner import parse_metrics
 
     try:
         return parse_metrics(args.metrics)
@@ -87,10 +87,9 @@ def _metrics(args: argparse.Namespace) -> list[str]:
 
 
 def main_run(args: argparse.Namespace) -> int:
-    from eval.distributed import init_from_environment
-    from eval.loading import LoadError
-    from eval.runner import evaluate, scalar_metrics
-    from train.collectives import leave_process_group
+    from sivae.core.distributed import init_from_environment, leave_process_group
+    from sivae.eval.loading import LoadError
+    from sivae.eval.runner import evaluate, scalar_metrics
 
     metrics, options = _metrics(args), options_from(args)
     env = init_from_environment(args.device)
@@ -113,10 +112,9 @@ def main_run(args: argparse.Namespace) -> int:
 
 
 def main_nightly(args: argparse.Namespace) -> int:
-    from eval.distributed import init_from_environment
-    from eval.nightly import find_runs, run_nightly
-    from eval.report import render_report
-    from train.collectives import leave_process_group
+    from sivae.core.distributed import init_from_environment, leave_process_group
+    from sivae.eval.nightly import find_runs, run_nightly
+    from sivae.eval.report import render_report
 
     metrics, options = _metrics(args), options_from(args)
     if not args.runs_dir.is_dir():  # refused before joining a process group that would then need leaving

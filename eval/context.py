@@ -22,16 +22,16 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from data_pipeline.errors import DataError
-from data_pipeline.loader import eval_batches, to_unit_range
-from data_pipeline.manifest import Manifest, load_manifest
-from eval import stats_cache
-from eval.distributed import EvalEnv, broadcast, gather_rows, part
-from eval.features import STANDIN_WARNING, extract_features, resolve_extractor
-from eval.loading import LoadedModel
-from eval.measures import feature_statistics
-from models.progressive import fade_real_images
-from train.images import to_uint8
+from sivae.core.distributed import DistEnv, broadcast_object, gather_rows, part
+from sivae.core.images import to_uint8
+from sivae.data_pipeline.errors import DataError
+from sivae.data_pipeline.loader import eval_batches, to_unit_range
+from sivae.data_pipeline.manifest import Manifest, load_manifest
+from sivae.eval import stats_cache
+from sivae.eval.features import STANDIN_WARNING, extract_features, resolve_extractor
+from sivae.eval.loading import LoadedModel
+from sivae.eval.measures import feature_statistics
+from sivae.models.progressive import fade_real_images
 
 
 @dataclass
@@ -78,7 +78,7 @@ class DataPart:
 
 
 class EvalContext:
-    def __init__(self, loaded: LoadedModel, options: EvalOptions, env: EvalEnv, out_dir: Path | None):
+    def __init__(self, loaded: LoadedModel, options: EvalOptions, env: DistEnv, out_dir: Path | None):
         self.loaded, self.options, self.env, self.out_dir = loaded, options, env, out_dir
         self.model = loaded.model
         self.warnings: list[str] = []
@@ -191,7 +191,7 @@ class EvalContext:
                                        self.split_count(manifest, split, limit), self.extractor.id)
         path = stats_cache.cache_dir(self.options.cache) / key.filename()
         entry = stats_cache.read_entry(path, key) if self.env.is_main else None
-        if broadcast(entry is not None, self.env):
+        if broadcast_object(entry is not None, self.env.world_size):
             return entry
         rows = [np.zeros((0, self.extractor.dim), np.float32)]
         for data in self.data_parts(self.data_dir, split, limit, desc=f"reference features ({split})"):

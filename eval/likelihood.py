@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from train.objectives import reconstruction_error
+from sivae.core.elbo import reconstruction_error
 
 Encode = Callable[[Tensor], tuple[Tensor, Tensor]]
 Decode = Callable[[Tensor], Tensor]

@@ -18,23 +18,37 @@ from typing import Any
 
 import torch
 
-from models import VAE, build_model
-from train import checkpoint, snapshot
-from train import deepspeed_checkpoint as ds_checkpoint
-from train.checkpoint import CheckpointError
-from train.config import ConfigError, from_dict
-from train.schedule import position
-from train.schema import RunConfig
+from sivae.core import checkpoint, snapshot
+from sivae.core import deepspeed_checkpoint as ds_checkpoint
+from sivae.core.checkpoint import CheckpointError
+from sivae.core.config import ConfigError, from_dict
+from sivae.core.schedule import LevelConfig, position
+from sivae.data_pipeline.config import DataConfig
+from sivae.models import VAE, build_model
+from sivae.models.config import ModelConfig
 
 
 class LoadError(RuntimeError):
     """A path that does not give a usable model: report it and go on."""
 
 
+@dataclass(frozen=True)
+class StoredConfig:
+    """What eval reads of the resolved run config a model was saved with (`raw`: all of it, as stored).
+    Eval depends on the model, data and schedule sections only, never on the trainer's own schema."""
+
+    raw: dict[str, Any]
+    model: ModelConfig
+    data: DataConfig
+    schedule: list[LevelConfig]
+    reconstruction: str  # the objective's observation model: "mse" (Gaussian) or "bce"
+    beta_rec: float  # the objective's weight of the reconstruction term
+
+
 @dataclass
 class LoadedModel:
     model: VAE  # EMA weights, eval mode, no gradients, on the requested device
-    config: RunConfig
+    config: StoredConfig
     images: int  # training images seen when it was saved
     lod: int  # the level it was at: it generates and encodes images of `resolution` px
     blend: float
@@ -107,10 +121,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
 # Building the model from a state
 
 
-def run_config(data: Any, where: Path) -> RunConfig:
+def run_config(data: Any, where: Path) -> StoredConfig:
     try:
-        return from_dict(RunConfig, data)
-    except ConfigError as exc:
+        if not isinstance(data, dict):
+            raise ConfigError("", "not a mapping")
+        return StoredConfig(
+            raw=data,
+            model=from_dict(ModelConfig, data.get("model", {}), "model"),
+            data=from_dict(DataConfig, data.get("data", {}), "data"),
+            schedule=from_dict(list[LevelConfig], data.get("train", {}).get("schedule"), "train.schedule"),
+            reconstruction=str(data.get("objective", {}).get("reconstruction", "mse")),
+            beta_rec=float(data.get("objective", {}).get("beta_rec", 1.0)),
+        )
+    except (ConfigError, AttributeError) as exc:
         raise LoadError(f"{where}: its stored config is not valid ({exc})") from None
 
 
@@ -123,7 +146,7 @@ def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def inference_model(cfg: RunConfig, encoder: dict[str, torch.Tensor], decoder: dict[str, torch.Tensor],
+def inference_model(cfg: StoredConfig, encoder: dict[str, torch.Tensor], decoder: dict[str, torch.Tensor],
                     device: torch.device, where: Path) -> VAE:
     model = build_model(cfg.model)
     try:
@@ -166,7 +189,7 @@ def _from_trainer_state(state: dict[str, Any], path: Path, fmt: str, device: tor
     except (KeyError, TypeError) as exc:
         raise LoadError(f"{path}: checkpoint lacks {exc}") from None
     # a checkpoint does not store the level: it follows from the schedule and the images seen
-    pos = position(cfg.train.schedule, images / 1000.0)
+    pos = position(cfg.schedule, images / 1000.0)
     return LoadedModel(model, cfg, images, pos.lod, pos.blend, pos.resolution, path, fmt)
 
 

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.context import EvalContext, key_seed
-from eval.distributed import gather_lists, gather_rows
-from eval.likelihood import log_likelihood_estimates
-from eval.measures import (
+from sivae.core.distributed import gather_lists, gather_rows
+from sivae.core.images import grid, save_png, to_uint8
+from sivae.eval.context import EvalContext, key_seed
+from sivae.eval.likelihood import log_likelihood_estimates
+from sivae.eval.measures import (
     auprc,
     auroc,
     feature_statistics,
@@ -34,8 +35,7 @@ from eval.measures import (
     psnr,
     ssim,
 )
-from eval.plots import score_histograms
-from train.images import grid, save_png, to_uint8
+from sivae.eval.plots import score_histograms
 
 Metric = Callable[[EvalContext], dict[str, Any]]
 METRICS: dict[str, Metric] = {}
@@ -109,7 +109,7 @@ def recon(ctx: EvalContext) -> dict[str, Any]:
               for k, v in per_image.items()}
     reconstruction_features = gather_rows(np.concatenate(features), ctx.env)
     reference = ctx.reference(opts.test_split, opts.test_count)  # the originals' features, cached
-    unreadable = sum(gather_lists([unreadable], ctx.env))
+    unreadable = sum(gather_lists([unreadable], ctx.env.world_size))
     if not ctx.env.is_main:
         return {}
     if (path := ctx.output("reconstructions.png")) is not None and shown:
@@ -133,10 +133,10 @@ def recon(ctx: EvalContext) -> dict[str, Any]:
 def likelihood_scores(ctx: EvalContext, data_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(IW log-likelihood, ELBO) per readable test image of `data_dir`, all ranks' in order (every rank)."""
     opts, model, loaded = ctx.options, ctx.model, ctx.loaded
-    objective = loaded.config.objective
-    if objective.reconstruction != "mse":
+    reconstruction = loaded.config.reconstruction
+    if reconstruction != "mse":
         raise ValueError(f"log-likelihoods need the Gaussian observation model (reconstruction 'mse'); "
-                         f"{loaded.path} was trained with {objective.reconstruction!r}")
+                         f"{loaded.path} was trained with {reconstruction!r}")
     device = ctx.env.device
 
     def decode(z: torch.Tensor) -> torch.Tensor:
@@ -153,7 +153,7 @@ def likelihood_scores(ctx: EvalContext, data_dir: Path, name: str) -> tuple[np.n
             torch.manual_seed(key_seed(opts.seed, data.keys[0]))
             batch_iw, batch_elbo = log_likelihood_estimates(
                 ctx.as_model_input(data.images), ctx.encode, decode, noise.to(device),
-                beta_rec=objective.beta_rec, decode_batch=opts.batch_size)
+                beta_rec=loaded.config.beta_rec, decode_batch=opts.batch_size)
         iw.append(batch_iw.cpu().numpy())
         elbo.append(batch_elbo.cpu().numpy())
     return gather_rows(np.concatenate(iw), ctx.env), gather_rows(np.concatenate(elbo), ctx.env)

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.context import EvalOptions
-from eval.distributed import EvalEnv, broadcast
-from eval.runner import evaluate, scalar_metrics
-from train.run_dir import RunDir
-from train.snapshot import list_snapshots, ready_marker
+from sivae.core.distributed import DistEnv, broadcast_object
+from sivae.core.run_dir import RunDir
+from sivae.core.snapshot import list_snapshots, ready_marker
+from sivae.eval.context import EvalOptions
+from sivae.eval.runner import evaluate, scalar_metrics
 
 
 def find_runs(runs_dir: Path) -> list[RunDir]:
@@ -148,7 +148,7 @@ def write_tensorboard(run: RunDir, record: dict[str, Any]) -> None:
 
 
 def evaluate_snapshot(run: RunDir, snapshot: Path, metrics: list[str], options: EvalOptions,
-                      env: EvalEnv) -> dict[str, Any]:
+                      env: DistEnv) -> dict[str, Any]:
     """Evaluate one snapshot into RUN/eval/SNAPSHOT; the result record (status ok or failed) on every rank."""
     out = eval_dir(run) / snapshot.stem
     start = time.perf_counter()
@@ -167,14 +167,14 @@ def evaluate_snapshot(run: RunDir, snapshot: Path, metrics: list[str], options: 
     }  # fmt: skip
 
 
-def run_nightly(runs_dir: Path, metrics: list[str], options: EvalOptions, env: EvalEnv | None = None, *,
+def run_nightly(runs_dir: Path, metrics: list[str], options: EvalOptions, env: DistEnv | None = None, *,
                 retry_failed: bool = False, log=None) -> NightlySummary:
     """Evaluate every ready, unevaluated snapshot of every run under `runs_dir` (see the module docstring)."""
-    env = env or EvalEnv()
+    env = env or DistEnv()
     log = log or (lambda message: print(f"[sivae eval nightly] {message}", file=sys.stderr, flush=True))
     say = log if env.is_main else (lambda message: None)
     summary = NightlySummary()
-    runs = broadcast(find_runs(Path(runs_dir)) if env.is_main else None, env)
+    runs = broadcast_object(find_runs(Path(runs_dir)) if env.is_main else None, env.world_size)
     say(f"{len(runs)} run(s) under {runs_dir}")
     for run in runs:
         all_files = list_snapshots(run.snapshots, ready_only=False)
@@ -187,7 +187,7 @@ def run_nightly(runs_dir: Path, metrics: list[str], options: EvalOptions, env: E
             lock = eval_dir(run) / "locks" / f"{snapshot.stem}.lock"
             with try_lock(lock) if env.is_main else contextlib.nullcontext(True) as held:
                 state = "busy" if not held else "done" if snapshot.name in recorded(run, retry_failed) else "todo"
-                state = broadcast(state if env.is_main else None, env)
+                state = broadcast_object(state if env.is_main else None, env.world_size)
                 if state == "busy":
                     summary.busy.append(name)
                     say(f"{name}: being evaluated by another process, skipped")

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from train.toy2d.plots import save_figure
+from sivae.core.figures import save_figure
 
 
 def score_histograms(scores: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, in_distribution: str,

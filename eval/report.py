@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eval.features import STANDIN_WARNING
-from eval.nightly import read_results
-from eval.plots import metric_over_kimg
-from train.fileio import atomic_write_text
-from train.logger import latest_grid
-from train.run_dir import RunDir
+from sivae.core.fileio import atomic_write_text
+from sivae.core.run_dir import RunDir, latest_grid
+from sivae.eval.features import STANDIN_WARNING
+from sivae.eval.nightly import read_results
+from sivae.eval.plots import metric_over_kimg
 
 # The order metrics appear in (others present in the results follow).
 PREFERRED = ("fid", "kid", "rfid", "mse", "psnr", "ssim", "lpips", "log_likelihood", "elbo", "auroc", "auprc",

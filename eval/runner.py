@@ -1,6 +1,6 @@
 """Evaluate one saved model: load it, run the asked metrics, write metrics.json and the plots.
 
-    from eval.runner import evaluate, EvalOptions
+    from sivae.eval.runner import evaluate, EvalOptions
     results = evaluate("runs/emoji/snapshots/snapshot-000000010000.pt", ["fid", "kid", "recon", "ood"],
                        out_dir=Path("eval-out"), options=EvalOptions(num_samples=2000, ood_data=[Path("data/digits")]))
 
@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from eval.context import EvalContext, EvalOptions
-from eval.distributed import EvalEnv
-from eval.features import STANDIN_WARNING
-from eval.loading import LoadedModel, load_model
-from eval.metrics import METRICS
-from train.fileio import atomic_write_text
+from sivae.core.distributed import DistEnv
+from sivae.core.fileio import atomic_write_text
+from sivae.eval.context import EvalContext, EvalOptions
+from sivae.eval.features import STANDIN_WARNING
+from sivae.eval.loading import LoadedModel, load_model
+from sivae.eval.metrics import METRICS
 
 __all__ = ["EvalOptions", "evaluate", "parse_metrics", "scalar_metrics"]
 
@@ -61,14 +61,14 @@ def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluate(target: str | Path | LoadedModel, metrics: list[str], out_dir: Path | None,
-             options: EvalOptions | None = None, env: EvalEnv | None = None) -> dict[str, Any]:
+             options: EvalOptions | None = None, env: DistEnv | None = None) -> dict[str, Any]:
     """Run `metrics` on the model at `target` (a path in any registered format, or a loaded model).
 
     Returns the results on every rank (complete on rank 0); rank 0 writes out_dir/metrics.json and the
     PNGs. Raises LoadError for an unusable model, DataError for an unusable data set.
     """
     options = options or EvalOptions()
-    env = env or EvalEnv()
+    env = env or DistEnv()
     names = parse_metrics(metrics)
     start = time.perf_counter()
     loaded = target if isinstance(target, LoadedModel) else load_model(target, env.device)

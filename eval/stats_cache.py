@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.fileio import atomic_write_bytes
+from sivae.core.fileio import atomic_write_bytes
 
 
 def cache_dir(override: str | Path | None = None) -> Path:

@@ -10,9 +10,16 @@ import argparse
 import importlib
 import sys
 
-from train.config import ConfigError
+from sivae.core.config import ConfigError
 
-SUBCOMMANDS = ("data_pipeline.cli", "models.cli", "train.cli", "train.toy2d.cli", "eval.cli", "launch.commands")
+SUBCOMMANDS = (
+    "sivae.data_pipeline.cli",
+    "sivae.train.summary_cli",
+    "sivae.train.cli",
+    "sivae.train.toy2d.cli",
+    "sivae.eval.cli",
+    "sivae.launch.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

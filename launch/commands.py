@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from launch.launchers import (
+from sivae.launch.launchers import (
     DEFAULT_PORT,
     LAUNCHERS,
     Launch,
@@ -19,7 +19,7 @@ from launch.launchers import (
     launcher_command,
     launcher_env,
 )
-from launch.slurm import JobSpec, SlurmError, recurring_script, slurm_place, submit, training_script
+from sivae.launch.slurm import JobSpec, SlurmError, recurring_script, slurm_place, submit, training_script
 
 SLURM_BACKENDS = ("accelerate", "deepspeed", "torchrun")
 
@@ -146,8 +146,8 @@ def _job_arguments(p: argparse.ArgumentParser, default_time: str | None) -> None
 
 def _config_backend(args: argparse.Namespace) -> str:
     """Validate the config now (a bad key is reported before any process starts); its train.backend."""
-    from train.config import load_config
-    from train.schema import RunConfig
+    from sivae.core.config import load_config
+    from sivae.train.schema import RunConfig
 
     return load_config(RunConfig, args.config, args.overrides).train.backend
 
@@ -193,7 +193,7 @@ def main_launch(args: argparse.Namespace) -> int:
         return _print_per_node(args, launch)
     cuda = _cuda()
     if backend == "deepspeed" and not cuda:
-        from train.deepspeed_backend import prepare_ops
+        from sivae.train.deepspeed_backend import prepare_ops
 
         print(f"sivae launch: DeepSpeed: {prepare_ops()}", file=sys.stderr, flush=True)
     command = launcher_command(launch)
@@ -260,7 +260,7 @@ def main_slurm(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     run_dir, config = args.run_dir.resolve(), args.config.resolve()
-    sivae = [sys.executable, "-m", "launch.cli"]  # the nodes share this environment (a shared file system)
+    sivae = [sys.executable, "-m", "sivae"]  # the nodes share this environment (a shared file system)
     overrides = [*args.overrides, f"train.backend={backend}"]
     log_dir = _slurm_dir(run_dir)
     if args.backend == "torchrun":
@@ -286,7 +286,7 @@ def main_slurm(args: argparse.Namespace) -> int:
 def main_eval_job(args: argparse.Namespace) -> int:
     runs_dir = args.runs_dir.resolve()
     eval_args = shlex.split(args.eval_args)
-    sivae = [sys.executable, "-m", "launch.cli"]
+    sivae = [sys.executable, "-m", "sivae"]
     step = [*sivae, "launch", "task", "--", *sivae, "eval", "nightly", str(runs_dir), *eval_args]
     report = runs_dir / "eval-report"
     spec = _spec(args, name=f"sivae-eval-{runs_dir.name}", tasks_per_node=args.gpus_per_node,
@@ -318,9 +318,8 @@ def main_task(args: argparse.Namespace) -> int:
 
 
 def main_convert(args: argparse.Namespace) -> int:
-    from eval.loading import LoadError, load_model
-    from train.config import to_dict
-    from train.snapshot import write_snapshot
+    from sivae.core.snapshot import write_snapshot
+    from sivae.eval.loading import LoadError, load_model
 
     try:
         loaded = load_model(args.checkpoint)
@@ -328,7 +327,7 @@ def main_convert(args: argparse.Namespace) -> int:
         print(f"sivae launch convert: {exc}", file=sys.stderr)
         return 1
     model = loaded.model
-    path = write_snapshot(args.out, images=loaded.images, config=to_dict(loaded.config), lod=loaded.lod,
+    path = write_snapshot(args.out, images=loaded.images, config=loaded.config.raw, lod=loaded.lod,
                           blend=loaded.blend, resolution=loaded.resolution, encoder=model.encoder.state_dict(),
                           decoder=model.decoder.state_dict())  # fmt: skip
     print(f"{args.checkpoint} ({loaded.format}, {loaded.kimg:g} kimg, {loaded.resolution}px) -> {path}")
@@ -336,7 +335,7 @@ def main_convert(args: argparse.Namespace) -> int:
 
 
 def main_prepare(args: argparse.Namespace) -> int:
-    from train.deepspeed_backend import prepare_ops
+    from sivae.train.deepspeed_backend import prepare_ops
 
     print(f"sivae launch prepare: DeepSpeed: {prepare_ops()}")
     return 0

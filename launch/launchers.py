@@ -35,7 +35,7 @@ class Launch:
     master_addr: str = "127.0.0.1"
     master_port: int = DEFAULT_PORT
     python: str = sys.executable
-    program: tuple[str, ...] = ("-m", "launch.cli")  # how each process runs `sivae` under `python`
+    program: tuple[str, ...] = ("-m", "sivae")  # how each process runs `sivae` under `python`
 
     def __post_init__(self) -> None:
         if self.launcher not in LAUNCHERS:

@@ -30,7 +30,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from train.exit_codes import EXIT_PREEMPTED
+from sivae.train.exit_codes import EXIT_PREEMPTED
 
 PORT_BASE, PORT_SPAN = 20000, 20000  # MASTER_PORT in [20000, 40000): below Linux's ephemeral range
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from models.base import VAE
-from models.config import ModelConfig
-from models.mlp import mlp_vae
-from models.progressive import resolution_of
+from sivae.models.base import VAE
+from sivae.models.config import ModelConfig
+from sivae.models.mlp import mlp_vae
+from sivae.models.progressive import resolution_of
 
 
 def build_model(cfg: ModelConfig) -> VAE:
@@ -14,12 +14,12 @@ def build_model(cfg: ModelConfig) -> VAE:
     if cfg.arch == "mlp":
         return mlp_vae(cfg.data_dim, cfg.latent_dim, cfg.hidden, cfg.hidden_layers)
     if cfg.arch == "style":
-        from models.style_decoder import StyleDecoder
-        from models.style_encoder import StyleEncoder
+        from sivae.models.style_decoder import StyleDecoder
+        from sivae.models.style_encoder import StyleEncoder
 
         encoder, decoder = StyleEncoder(cfg), StyleDecoder(cfg)
     elif cfg.arch == "standard":
-        from models.standard import ResidualDecoder, ResidualEncoder
+        from sivae.models.standard import ResidualDecoder, ResidualEncoder
 
         encoder, decoder = ResidualEncoder(cfg), ResidualDecoder(cfg)
     else:

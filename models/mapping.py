@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.equalized import EqualizedLinear
+from sivae.models.equalized import EqualizedLinear
 
 
 def pixel_norm(x: Tensor, eps: float = 1e-8) -> Tensor:

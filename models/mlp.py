@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from models.base import VAE
+from sivae.models.base import VAE
 
 
 def _mlp(in_dim: int, out_dim: int, hidden: int, hidden_layers: int) -> nn.Sequential:

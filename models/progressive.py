@@ -12,19 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sivae.core.schedule import lod_of, resolution_of
 
-def resolution_of(lod: int) -> int:
-    """Image side length at level `lod`."""
-    if lod < 0:
-        raise ValueError(f"level must be >= 0, got {lod}")
-    return 4 * 2**lod
-
-
-def lod_of(resolution: int) -> int:
-    """The level whose images are `resolution` pixels wide (a power of two >= 4)."""
-    if resolution < 4 or resolution & (resolution - 1):
-        raise ValueError(f"resolution must be a power of two >= 4, got {resolution}")
-    return resolution.bit_length() - 3
+__all__ = ["downsample", "fade_real_images", "lod_of", "resolution_of", "upsample"]
 
 
 def downsample(x: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ import itertools
 
 from torch import Tensor, nn
 
-from models.config import ModelConfig
+from sivae.models.config import ModelConfig
 
 
 class ResidualBlock(nn.Module):

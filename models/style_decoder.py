@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.config import ModelConfig
-from models.equalized import EqualizedConv2d, EqualizedLinear
-from models.mapping import MappingNetwork
-from models.progressive import resolution_of, upsample
-from models.style_layers import LEAK, Blur, NoiseInjection, ToRGB, clamp_fp16
+from sivae.models.config import ModelConfig
+from sivae.models.equalized import EqualizedConv2d, EqualizedLinear
+from sivae.models.mapping import MappingNetwork
+from sivae.models.progressive import resolution_of, upsample
+from sivae.models.style_layers import LEAK, Blur, NoiseInjection, ToRGB, clamp_fp16
 
 INSTANCE_NORM_EPS = 1e-8
 

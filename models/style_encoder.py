@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.config import ModelConfig
-from models.equalized import EqualizedConv2d, EqualizedLinear
-from models.mapping import MappingNetwork
-from models.progressive import downsample, resolution_of
-from models.style_layers import LEAK, Blur, FromRGB, channel_statistics, clamp_fp16
+from sivae.models.config import ModelConfig
+from sivae.models.equalized import EqualizedConv2d, EqualizedLinear
+from sivae.models.mapping import MappingNetwork
+from sivae.models.progressive import downsample, resolution_of
+from sivae.models.style_layers import LEAK, Blur, FromRGB, channel_statistics, clamp_fp16
 
 INSTANCE_NORM_EPS = 1e-5
 

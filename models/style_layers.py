@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.equalized import EqualizedConv2d
+from sivae.models.equalized import EqualizedConv2d
 
 LEAK = 0.2
 TO_RGB_GAIN = 0.03  # the reference's ToRGB starts near zero so that a fresh level barely disturbs the image

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.cli import main as sivae
+from sivae.launch.cli import main as sivae
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,7 @@ def digits16(tmp_path_factory) -> Path:
 def deepspeed_ops():
     """DeepSpeed's CPU communication op, built once before any test starts DeepSpeed ranks (several ranks
     building it at once can crash; the launchers do the same before they start ranks)."""
-    from train.deepspeed_backend import prepare_ops
+    from sivae.train.deepspeed_backend import prepare_ops
 
     return prepare_ops()
 

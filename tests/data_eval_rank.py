@@ -9,7 +9,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from data_pipeline.loader import eval_batches
+from sivae.data_pipeline.loader import eval_batches
 
 
 def main(data: str, split: str, resolution: int, batch_size: int, out: str) -> None:

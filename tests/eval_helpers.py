@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_pipeline.build import BuildOptions, build_dataset
-from data_pipeline.config import DataConfig
-from data_pipeline.sources import FolderSource
-from models import ModelConfig, build_model
-from train.config import to_dict
-from train.schema import LevelConfig, ObjectiveConfig, RunConfig, TrainConfig
-from train.snapshot import write_snapshot
+from sivae.core.config import to_dict
+from sivae.core.snapshot import write_snapshot
+from sivae.data_pipeline.build import BuildOptions, build_dataset
+from sivae.data_pipeline.config import DataConfig
+from sivae.data_pipeline.sources import FolderSource
+from sivae.models import ModelConfig, build_model
+from sivae.train.schema import LevelConfig, ObjectiveConfig, RunConfig, TrainConfig
 
 TINY_MODEL = ModelConfig(max_resolution=16, start_channels=8, max_channels=16, latent_dim=8, mapping_layers=2,
                          encoder_mapping_layers=1)

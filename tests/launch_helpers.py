@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from launch.launchers import Launch, launcher_command, launcher_env
-from train import checkpoint
-from train import deepspeed_checkpoint as ds_ckpt
-from train.distributed import free_port
+from sivae.core import checkpoint
+from sivae.core import deepspeed_checkpoint as ds_ckpt
+from sivae.core.distributed import free_port
+from sivae.launch.launchers import Launch, launcher_command, launcher_env
 
 REPO = Path(__file__).parents[1]
 TINY = Path(__file__).parent / "tiny_run.yaml"

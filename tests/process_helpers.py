@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from train.distributed import free_port
+from sivae.core.distributed import free_port
 
 
 def rendezvous_env(world_size: int) -> dict[str, str]:

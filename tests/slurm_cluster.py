@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from train.distributed import free_port
+from sivae.core.distributed import free_port
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel", "munge")
 

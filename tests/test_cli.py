@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from launch.cli import build_parser
+from sivae.launch.cli import build_parser
 
 EXPECTED = {"data", "eval", "launch", "models", "toy2d", "train"}
 
@@ -13,7 +13,7 @@ def subcommands():
 
 
 def test_help_lists_every_subcommand():
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "--help"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "sivae", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert set(subcommands()) >= EXPECTED
     for name in subcommands():
@@ -22,5 +22,5 @@ def test_help_lists_every_subcommand():
 
 def test_each_subcommand_has_help():
     for name in subcommands():
-        proc = subprocess.run([sys.executable, "-m", "launch.cli", name, "--help"], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "sivae", name, "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and proc.stdout.startswith(f"usage: sivae {name}")

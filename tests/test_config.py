@@ -6,7 +6,7 @@ from typing import Literal
 import pytest
 import yaml
 
-from train.config import ConfigError, diff, dump_yaml, load_config, parse_overrides, require, to_dict
+from sivae.core.config import ConfigError, diff, dump_yaml, load_config, parse_overrides, require, to_dict
 
 
 @dataclass

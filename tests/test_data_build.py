@@ -13,10 +13,10 @@ import webdataset as wds
 from data_helpers import identity_image, write_identity_folder
 from PIL import Image
 
-from data_pipeline.build import BuildOptions, build_dataset
-from data_pipeline.errors import DataError
-from data_pipeline.manifest import load_manifest
-from data_pipeline.sources import DigitsSource, FolderSource
+from sivae.data_pipeline.build import BuildOptions, build_dataset
+from sivae.data_pipeline.errors import DataError
+from sivae.data_pipeline.manifest import load_manifest
+from sivae.data_pipeline.sources import DigitsSource, FolderSource
 
 FAST = BuildOptions(workers=1, max_resolution=32, shard_size=5, test_fraction=0.25, raw_max_resolution=8)
 
@@ -178,7 +178,7 @@ def test_an_interrupted_build_resumes_without_rewriting_finished_shards(tmp_path
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "launch.cli", "data", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "sivae", "data", *args], capture_output=True, text=True)
 
 
 def test_command_line_build_info_and_verify(tmp_path):

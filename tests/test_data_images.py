@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline.images import (
+from sivae.data_pipeline.images import (
     ImageProblem,
     box_downsample,
     decode,

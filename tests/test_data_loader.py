@@ -15,13 +15,13 @@ import torch
 from data_helpers import identity_image, sample_ids, write_identity_folder
 from process_helpers import rendezvous_env, run_together
 
-from data_pipeline import shards as shards_module
-from data_pipeline.build import BuildOptions, build_dataset
-from data_pipeline.errors import DataError
-from data_pipeline.loader import TrainStream, eval_batches, fill_train_batch, local_batches
-from data_pipeline.manifest import load_manifest
-from data_pipeline.shards import ShardReader
-from data_pipeline.sources import FolderSource
+from sivae.data_pipeline import shards as shards_module
+from sivae.data_pipeline.build import BuildOptions, build_dataset
+from sivae.data_pipeline.errors import DataError
+from sivae.data_pipeline.loader import TrainStream, eval_batches, fill_train_batch, local_batches
+from sivae.data_pipeline.manifest import load_manifest
+from sivae.data_pipeline.shards import ShardReader
+from sivae.data_pipeline.sources import FolderSource
 
 B = 8
 

@@ -5,10 +5,10 @@ import json
 import pytest
 from data_helpers import write_identity_folder
 
-from data_pipeline.build import BuildOptions, build_dataset
-from data_pipeline.errors import DataError
-from data_pipeline.manifest import load_manifest
-from data_pipeline.sources import FolderSource
+from sivae.data_pipeline.build import BuildOptions, build_dataset
+from sivae.data_pipeline.errors import DataError
+from sivae.data_pipeline.manifest import load_manifest
+from sivae.data_pipeline.sources import FolderSource
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from data_pipeline.build import assign_splits
-from data_pipeline.errors import DataError
-from data_pipeline.images import ImageProblem
-from data_pipeline.sources import (
+from sivae.data_pipeline.build import assign_splits
+from sivae.data_pipeline.errors import DataError
+from sivae.data_pipeline.images import ImageProblem
+from sivae.data_pipeline.sources import (
     DEFAULT_EMOJI_FONT,
     Cifar10Source,
     DigitsSource,
@@ -155,7 +155,7 @@ def test_emoji_glyphs_render_square_on_white():
 
 
 def test_missing_emoji_font_says_how_to_install(tmp_path, monkeypatch):
-    import data_pipeline.sources as sources
+    import sivae.data_pipeline.sources as sources
 
     absent = tmp_path / "NotoColorEmoji.ttf"
     monkeypatch.setattr(sources, "DEFAULT_EMOJI_FONT", absent)

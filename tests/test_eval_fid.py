@@ -5,11 +5,11 @@ import pytest
 import torch
 from eval_helpers import build_image_set, disk_images, tiny_snapshot
 
-from eval import context as context_module
-from eval import features as features_module
-from eval.context import EvalContext, EvalOptions
-from eval.distributed import EvalEnv
-from eval.features import (
+from sivae.core.distributed import DistEnv
+from sivae.eval import context as context_module
+from sivae.eval import features as features_module
+from sivae.eval.context import EvalContext, EvalOptions
+from sivae.eval.features import (
     INCEPTION_FILE,
     InceptionExtractor,
     StandInExtractor,
@@ -17,9 +17,9 @@ from eval.features import (
     extract_features,
     resolve_extractor,
 )
-from eval.loading import load_model
-from eval.measures import feature_statistics, frechet_distance, kernel_inception_distance
-from eval.stats_cache import cache_dir
+from sivae.eval.loading import load_model
+from sivae.eval.measures import feature_statistics, frechet_distance, kernel_inception_distance
+from sivae.eval.stats_cache import cache_dir
 
 CPU = torch.device("cpu")
 
@@ -115,7 +115,7 @@ def test_reference_statistics_are_cached_reused_and_invalidated_when_the_data_ch
 
     def reference(**changes):
         opts = EvalOptions(**{**vars(options), **changes})
-        return EvalContext(load_model(snapshot), opts, EvalEnv(), None).reference("train", opts.reference_count)
+        return EvalContext(load_model(snapshot), opts, DistEnv(), None).reference("train", opts.reference_count)
 
     first = reference()
     assert not first.reused and first.path.is_file() and first.features.shape[0] == 45  # 60 - 25% test

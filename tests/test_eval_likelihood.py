@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from eval.likelihood import gaussian_observation_constant, importance_weighted_bounds, log_likelihood_estimates
+from sivae.eval.likelihood import gaussian_observation_constant, importance_weighted_bounds, log_likelihood_estimates
 
 L, D, BETA = 2, 6, 2.0
 SIGMA2 = 1.0 / (2.0 * BETA)

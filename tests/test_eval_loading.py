@@ -6,11 +6,11 @@ import pytest
 import torch
 from eval_helpers import TINY_MODEL, tiny_run_config, tiny_snapshot
 
-from eval import loading
-from eval.loading import LoadedModel, LoadError, ModelFormat, load_model, register_format
-from models import build_model
-from train import checkpoint
-from train.config import to_dict
+from sivae.core import checkpoint
+from sivae.core.config import to_dict
+from sivae.eval import loading
+from sivae.eval.loading import LoadedModel, LoadError, ModelFormat, load_model, register_format
+from sivae.models import build_model
 
 
 def decoded(model, lod=None):

@@ -9,8 +9,8 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from eval.compat import import_cleanfid_fid
-from eval.measures import (
+from sivae.eval.compat import import_cleanfid_fid
+from sivae.eval.measures import (
     auprc,
     auroc,
     feature_statistics,

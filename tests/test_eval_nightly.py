@@ -12,13 +12,13 @@ from eval_helpers import build_image_set, disk_images, stripe_images, tiny_run_c
 from process_helpers import rendezvous_env, run_together
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from eval.context import EvalOptions
-from eval.nightly import find_runs, read_results, results_file, run_nightly, try_lock
-from eval.report import render_report
-from launch.cli import main as sivae_main
-from train.config import dump_yaml
-from train.run_dir import RunDir
-from train.snapshot import ready_marker
+from sivae.core.config import dump_yaml
+from sivae.core.run_dir import RunDir
+from sivae.core.snapshot import ready_marker
+from sivae.eval.context import EvalOptions
+from sivae.eval.nightly import find_runs, read_results, results_file, run_nightly, try_lock
+from sivae.eval.report import render_report
+from sivae.launch.cli import main as sivae_main
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ["fid", "recon", "ood"]
@@ -139,7 +139,7 @@ def test_two_evaluators_at_once_evaluate_every_snapshot_exactly_once(sets, tmp_p
     run_a = make_run(runs / "a", sets["disks"], [1000, 2000, 3000])
     run_b = make_run(runs / "b", sets["disks"], [1000, 2000, 3000])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    outputs = run_together([sys.executable, "-m", "launch.cli", *cli_args(runs, sets)], [env, env], ROOT)
+    outputs = run_together([sys.executable, "-m", "sivae", *cli_args(runs, sets)], [env, env], ROOT)
     records = lines(run_a) + lines(run_b)
     assert len(records) == 6 and all(r["status"] == "ok" for r in records)
     assert sorted((r["run"], r["snapshot"]) for r in records) == sorted(
@@ -154,7 +154,7 @@ def test_the_nightly_job_under_two_gloo_processes_records_each_snapshot_once(set
     runs = tmp_path / "runs"
     run = make_run(runs / "r", sets["disks"], [1000, 2000])
     env = rendezvous_env(2)
-    command = [sys.executable, "-m", "launch.cli", *cli_args(runs, sets, "--device", "cpu")]
+    command = [sys.executable, "-m", "sivae", *cli_args(runs, sets, "--device", "cpu")]
     run_together(command, [{**env, "RANK": str(r), "LOCAL_RANK": str(r)} for r in range(2)], ROOT)
     records = lines(run)
     assert sorted(r["snapshot"] for r in records) == ["snapshot-000000001000.pt", "snapshot-000000002000.pt"]

@@ -12,10 +12,10 @@ import torch
 from eval_helpers import build_image_set, disk_images, stripe_images, tiny_run_config, tiny_snapshot
 from process_helpers import rendezvous_env, run_together
 
-from data_pipeline.manifest import load_manifest
-from models import build_model
-from train import checkpoint
-from train.config import to_dict
+from sivae.core import checkpoint
+from sivae.core.config import to_dict
+from sivae.data_pipeline.manifest import load_manifest
+from sivae.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def sets(tmp_path_factory):
 
 def sivae(*args, env=None, check=True):
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "sivae", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, env=environment, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -66,7 +66,7 @@ def test_two_gloo_processes_give_the_single_process_results(sets, tmp_path):
     single = sivae(*run_args(sets, tmp_path / "one", "--cache", tmp_path / "cache1"))
     assert single.returncode == 0
     env = rendezvous_env(2)
-    command = [sys.executable, "-m", "launch.cli", *map(str, run_args(sets, tmp_path / "two", "--cache",
+    command = [sys.executable, "-m", "sivae", *map(str, run_args(sets, tmp_path / "two", "--cache",
                                                                        tmp_path / "cache2", "--device", "cpu"))]
     run_together(command, [{**env, "RANK": str(r), "LOCAL_RANK": str(r)} for r in range(2)], ROOT)
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
@@ -114,7 +114,7 @@ class SquaredDistance(torch.nn.Module):
 
 
 def test_lpips_weights_add_an_lpips_figure(sets, tmp_path):
-    from eval.runner import EvalOptions, evaluate
+    from sivae.eval.runner import EvalOptions, evaluate
 
     path = tmp_path / "lpips.pt"
     torch.jit.script(SquaredDistance()).save(str(path))

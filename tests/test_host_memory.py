@@ -11,11 +11,11 @@ import pytest
 # (batch 512, MLPs of 3 x 256) after a warm-up.
 PROBE = """
 import resource, torch
-from train.host_memory import keep_freed_memory
+from sivae.train.host_memory import keep_freed_memory
 applied = keep_freed_memory()
-from train.steps import training_step
-from train.toy2d.datasets import SAMPLERS
-from train.toy2d.study import Toy2DConfig, build
+from sivae.train.steps import training_step
+from sivae.train.toy2d.datasets import SAMPLERS
+from sivae.train.toy2d.study import Toy2DConfig, build
 torch.set_num_threads(1)
 cfg = Toy2DConfig()
 _, backend, _ = build(cfg)

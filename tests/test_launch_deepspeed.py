@@ -18,12 +18,12 @@ from launch_helpers import (
 )
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from eval.loading import LoadError, load_model
-from launch.cli import main as sivae
-from train import deepspeed_checkpoint as ds_ckpt
-from train.config import ConfigError, load_config
-from train.deepspeed_backend import deepspeed_config
-from train.schema import DeepSpeedConfig, RunConfig
+from sivae.core import deepspeed_checkpoint as ds_ckpt
+from sivae.core.config import ConfigError, load_config
+from sivae.eval.loading import LoadError, load_model
+from sivae.launch.cli import main as sivae
+from sivae.train.deepspeed_backend import deepspeed_config
+from sivae.train.schema import DeepSpeedConfig, RunConfig
 
 CONFIGS = [(zero, precision) for precision in ("fp32", "bf16") for zero in (0, 1, 2)]
 DEEPSPEED = "train.backend=deepspeed"

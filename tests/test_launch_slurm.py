@@ -12,9 +12,9 @@ import pytest
 from launch_helpers import IMAGES, ITERATIONS, REPO, RUN_8_16, TINY, final_state, max_difference
 from slurm_cluster import LocalSlurm, unavailable
 
-from launch.cli import main as sivae
-from launch.launchers import Launch, LaunchError, deepspeed_world_info, launcher_command
-from launch.slurm import SlurmError, expand_hostlist, master_port, slurm_place
+from sivae.launch.cli import main as sivae
+from sivae.launch.launchers import Launch, LaunchError, deepspeed_world_info, launcher_command
+from sivae.launch.slurm import SlurmError, expand_hostlist, master_port, slurm_place
 
 # ------------------------------------------------------------------------------------------------
 # Slurm's variables
@@ -76,12 +76,12 @@ def test_missing_or_bad_slurm_variables_are_named(change, message):
 def test_the_task_shim_runs_the_command_with_the_mapped_variables():
     env = {**os.environ, **slurm_env()}
     code = "import os; print(' '.join(os.environ[k] for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR')))"
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "launch", "task", "--", sys.executable, "-c", code],
+    proc = subprocess.run([sys.executable, "-m", "sivae", "launch", "task", "--", sys.executable, "-c", code],
                           env=env, cwd=REPO, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["13", "32", "5", "gpu017"]
     outside = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    proc = subprocess.run([sys.executable, "-m", "launch.cli", "launch", "task", "--", "true"], env=outside, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "sivae", "launch", "task", "--", "true"], env=outside, cwd=REPO,
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and "SLURM_NODEID is not set: run this inside a Slurm job step" in proc.stderr
 
@@ -95,23 +95,23 @@ def test_launcher_commands_for_node_1_of_2():
     common = {"nodes": 2, "procs_per_node": 8, "node_rank": 1, "master_addr": "n0", "master_port": 6000, "python": "py"}
     assert launcher_command(Launch("torchrun", train, **common)) == [
         "py", "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=8", "--node-rank=1", "--master-addr=n0",
-        "--master-port=6000", "-m", "launch.cli", "train", *train]  # fmt: skip
+        "--master-port=6000", "-m", "sivae", "train", *train]  # fmt: skip
     assert launcher_command(Launch("accelerate", train, **common)) == [
         "py", "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=16", "--num_machines=2",
         "--machine_rank=1", "--main_process_ip=n0", "--main_process_port=6000", "--mixed_precision=no",
-        "--dynamo_backend=no", "-m", "launch.cli", "train", *train]  # fmt: skip
+        "--dynamo_backend=no", "-m", "sivae", "train", *train]  # fmt: skip
     one = launcher_command(Launch("accelerate", train, python="py"))
     assert "--multi_gpu" not in one and "--num_processes=1" in one  # accelerate refuses --multi_gpu for one process
     deepspeed = launcher_command(Launch("deepspeed", train, **common))
     assert deepspeed[:4] == ["py", "-u", "-m", "deepspeed.launcher.launch"]
     assert deepspeed[5:] == ["--node_rank=1", "--master_addr=n0", "--master_port=6000", "--no_local_rank",
-                             "--module", "launch.cli", "train", *train]  # fmt: skip
+                             "--module", "sivae", "train", *train]  # fmt: skip
     import base64
     import json
 
     assert json.loads(base64.urlsafe_b64decode(deepspeed_world_info(2, 8))) == {
         "node0": list(range(8)), "node1": list(range(8))}  # fmt: skip
-    assert launcher_command(Launch("local", train, python="py")) == ["py", "-m", "launch.cli", "train", *train]
+    assert launcher_command(Launch("local", train, python="py")) == ["py", "-m", "sivae", "train", *train]
     with pytest.raises(LaunchError, match="node-rank must be in"):
         Launch("torchrun", train, nodes=2, node_rank=2)
     with pytest.raises(LaunchError, match="local launcher runs one process"):
@@ -217,7 +217,7 @@ def test_a_warned_slurm_job_checkpoints_requeues_and_finishes_like_the_uninterru
         slurm, tmp_path, digits16, deepspeed_straight):  # fmt: skip
     run_dir = tmp_path / "run"
     submit = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "launch", "slurm", str(TINY), "--run-dir", str(run_dir), "--nodes", "1",
+        [sys.executable, "-m", "sivae", "launch", "slurm", str(TINY), "--run-dir", str(run_dir), "--nodes", "1",
          "--gpus-per-node", "2", "--backend", "deepspeed", "--cpus-per-task", "1", "--cpu-only", "--time", "00:15:00",
          f"data.path={digits16}", *RUN_8_16, "train.deepspeed.zero_stage=0", "train.precision=fp32"],
         cwd=REPO, env={**slurm.env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)  # fmt: skip

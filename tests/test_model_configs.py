@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import build_model
-from train.config import ConfigError, load_config
-from train.schema import RunConfig
+from sivae.core.config import ConfigError, load_config
+from sivae.models import build_model
+from sivae.train.schema import RunConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "toy2d.yaml")  # toy2d has its own format

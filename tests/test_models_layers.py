@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.equalized import EqualizedConv2d, EqualizedLinear
-from models.progressive import downsample, fade_real_images, lod_of, resolution_of, upsample
+from sivae.models.equalized import EqualizedConv2d, EqualizedLinear
+from sivae.models.progressive import downsample, fade_real_images, lod_of, resolution_of, upsample
 
 
 def test_equalized_linear_preserves_scale_whatever_the_lr_mult():

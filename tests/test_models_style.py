@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import ModelConfig, build_model
-from models.progressive import downsample, resolution_of, upsample
-from train.backend import Backend
-from train.config import load_config
-from train.schema import ObjectiveConfig, RunConfig
-from train.steps import soft_intro_step
+from sivae.core.config import load_config
+from sivae.models import ModelConfig, build_model
+from sivae.models.progressive import downsample, resolution_of, upsample
+from sivae.train.backend import Backend
+from sivae.train.schema import ObjectiveConfig, RunConfig
+from sivae.train.steps import soft_intro_step
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

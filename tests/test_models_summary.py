@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import ModelConfig, build_model
-from models.summary import measure_iteration, parameter_counts, summarize_level
+from sivae.models import ModelConfig, build_model
+from sivae.train.summary import measure_iteration, parameter_counts, summarize_level
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ModelConfig(max_resolution=32, start_channels=8, max_channels=32, latent_dim=16, mapping_layers=2,
@@ -108,7 +108,7 @@ def test_summary_command_prints_every_level(tmp_path):
         "model: {max_resolution: 16, start_channels: 4, max_channels: 8, latent_dim: 8, mapping_layers: 1}\n"
         "train: {schedule: [{resolution: 4}, {resolution: 8}, {resolution: 16}]}\n"
     )
-    command = [sys.executable, "-m", "launch.cli", "models", "summary", str(config)]
+    command = [sys.executable, "-m", "sivae", "models", "summary", str(config)]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]

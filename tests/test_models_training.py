@@ -4,10 +4,10 @@ channels_last and torch.compile work."""
 import pytest
 import torch
 
-from models import ModelConfig, build_model
-from train.backend import LocalBackend
-from train.schema import ObjectiveConfig
-from train.steps import training_step
+from sivae.models import ModelConfig, build_model
+from sivae.train.backend import LocalBackend
+from sivae.train.schema import ObjectiveConfig
+from sivae.train.steps import training_step
 
 ARCHS = {
     "style": ModelConfig(max_resolution=16, start_channels=16, max_channels=32, latent_dim=16, mapping_layers=2),

@@ -5,13 +5,12 @@ import math
 import pytest
 import torch
 
-from train.objectives import (
+from sivae.core.elbo import kl_divergence, reconstruction_error
+from sivae.train.objectives import (
     elbo,
     exp_elbo,
     intro_decoder_loss,
     intro_encoder_loss,
-    kl_divergence,
-    reconstruction_error,
     soft_intro_decoder_loss,
     soft_intro_encoder_loss,
     vae_loss,

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from models.mlp import mlp_vae
-from train.backend import LocalBackend
-from train.schema import ObjectiveConfig
-from train.steps import intro_step, soft_intro_step, training_step, vae_step
+from sivae.models.mlp import mlp_vae
+from sivae.train.backend import LocalBackend
+from sivae.train.schema import ObjectiveConfig
+from sivae.train.steps import intro_step, soft_intro_step, training_step, vae_step
 
 
 class GradientLog:
@@ -177,7 +177,7 @@ def test_micro_batches_give_the_update_of_the_whole_batch(monkeypatch, objective
     # The losses are batch means and micro-batch losses are averaged, so 4 micro-batches of 8
     # must update the nets as one batch of 32 does. The prior samples of a global batch do not
     # depend on its split; the reparameterisation noise does, so it is switched off (z = mu).
-    monkeypatch.setattr("train.steps.reparameterize", lambda mu, logvar: mu)
+    monkeypatch.setattr("sivae.train.steps.reparameterize", lambda mu, logvar: mu)
     cfg = ObjectiveConfig(name=objective, beta_rec=0.2, beta_kl=0.3, beta_neg=0.9, gamma_r=1e-8, margin=2.0)
 
     def run(batch):

@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from train.config import to_dict
-from train.schema import ObjectiveConfig
-from train.toy2d import metrics
-from train.toy2d.datasets import HALF_RANGE, SAMPLERS
-from train.toy2d.study import Toy2DConfig, run, same_config, train
+from sivae.core.config import to_dict
+from sivae.train.schema import ObjectiveConfig
+from sivae.train.toy2d import metrics
+from sivae.train.toy2d.datasets import HALF_RANGE, SAMPLERS
+from sivae.train.toy2d.study import Toy2DConfig, run, same_config, train
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -75,7 +75,7 @@ def test_gnelbo_hand_computed():
 
 def run_cli(*args, timeout=600):
     return subprocess.run(
-        [sys.executable, "-m", "launch.cli", "toy2d", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "sivae", "toy2d", *args], capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import train.trainer
-from eval.loading import load_model
-from launch.cli import main as sivae
-from train import checkpoint
-from train.distributed import free_port
-from train.exit_codes import EXIT_DIVERGED
+from sivae.core import checkpoint
+from sivae.core.distributed import free_port
+from sivae.eval.loading import load_model
+from sivae.launch.cli import main as sivae
+from sivae.train import trainer
+from sivae.train.exit_codes import EXIT_DIVERGED
 
 TINY = Path(__file__).parent / "tiny_run.yaml"
 DRIVER = Path(__file__).parent / "train_driver.py"
@@ -162,7 +162,7 @@ def test_mixed_precision_trains_at_16px_without_non_finite_losses(tmp_path, digi
 
 def poison(monkeypatch, iterations):
     """Make the training batches of the given (0-based) iterations NaN."""
-    real = train.trainer.Trainer.next_micro_batches
+    real = trainer.Trainer.next_micro_batches
 
     def next_micro_batches(self, pos):
         micro = real(self, pos)
@@ -170,7 +170,7 @@ def poison(monkeypatch, iterations):
             micro = [torch.full_like(x, float("nan")) for x in micro]
         return micro
 
-    monkeypatch.setattr(train.trainer.Trainer, "next_micro_batches", next_micro_batches)
+    monkeypatch.setattr(trainer.Trainer, "next_micro_batches", next_micro_batches)
 
 
 def test_injected_nan_is_skipped_and_counted(tmp_path, digits16, monkeypatch):

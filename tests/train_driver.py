@@ -16,10 +16,9 @@ import sys
 
 import torch
 
-import train.checkpoint
-import train.deepspeed_checkpoint
-import train.trainer
-from launch.cli import main
+from sivae.core import checkpoint, deepspeed_checkpoint
+from sivae.launch.cli import main
+from sivae.train import trainer
 
 kill_at = int(os.environ.get("SIVAE_TEST_KILL_IN_CHECKPOINT", "0"))
 if kill_at:
@@ -27,8 +26,8 @@ if kill_at:
     real_save = torch.save
 
     def save(obj, f, *args, **kwargs):
-        ours = isinstance(obj, dict) and (obj.get("format") == train.checkpoint.FORMAT
-                                          or train.deepspeed_checkpoint.CLIENT_KEY in obj)
+        ours = isinstance(obj, dict) and (obj.get("format") == checkpoint.FORMAT
+                                          or deepspeed_checkpoint.CLIENT_KEY in obj)
         if ours:
             saves["count"] += 1
             if saves["count"] == kill_at:
@@ -43,8 +42,8 @@ if kill_at:
 record_dir = os.environ.get("SIVAE_TEST_RECORD")
 if record_dir:
     batches: list[str] = []
-    real_next = train.trainer.Trainer.next_micro_batches
-    real_run = train.trainer.Trainer.run
+    real_next = trainer.Trainer.next_micro_batches
+    real_run = trainer.Trainer.run
 
     def next_micro_batches(self, pos):
         micro = real_next(self, pos)
@@ -57,7 +56,7 @@ if record_dir:
         torch.save({"batches": batches, "params": params}, os.path.join(record_dir, f"rank{self.env.rank}.pt"))
         return code
 
-    train.trainer.Trainer.next_micro_batches = next_micro_batches
-    train.trainer.Trainer.run = run
+    trainer.Trainer.next_micro_batches = next_micro_batches
+    trainer.Trainer.run = run
 
 sys.exit(main(sys.argv[1:]))

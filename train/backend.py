@@ -24,9 +24,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from models.base import VAE
-from train import checkpoint
-from train.collectives import barrier, broadcast_object
+from sivae.core import checkpoint
+from sivae.core.distributed import barrier, broadcast_object
+from sivae.models.base import VAE
 
 Net = Literal["encoder", "decoder", "both"]
 Precision = Literal["fp32", "bf16", "fp16"]

@@ -26,12 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from train.collectives import leave_process_group
-    from train.config import ConfigError, load_config
-    from train.distributed import launched_by_distributed_launcher
-    from train.exit_codes import EXIT_DIVERGED, EXIT_PREEMPTED
-    from train.schema import RunConfig
-    from train.trainer import Trainer, TrainingDiverged, check_data
+    from sivae.core.config import ConfigError, load_config
+    from sivae.core.distributed import launched_by_distributed_launcher, leave_process_group
+    from sivae.train.exit_codes import EXIT_DIVERGED, EXIT_PREEMPTED
+    from sivae.train.schema import RunConfig
+    from sivae.train.trainer import Trainer, TrainingDiverged, check_data
 
     cfg = load_config(RunConfig, args.config, args.overrides)
     # the run directory records where the data is from anywhere (eval jobs start elsewhere)
@@ -46,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     if cfg.train.backend == "deepspeed":
         import torch
 
-        from train.deepspeed_backend import check_precision
+        from sivae.train.deepspeed_backend import check_precision
 
         wanted = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
         check_precision(cfg.train.precision, torch.device(wanted))
@@ -69,13 +68,14 @@ def main(args: argparse.Namespace) -> int:
 def process_env(backend: str, device: str):
     """This process's place (rank, device) for the backend, joining the process group; and the Accelerator
     for "accelerate"."""
-    from train.distributed import accelerate_env, make_accelerator, single_process_env
+    from sivae.core.distributed import single_process_env
+    from sivae.train.accelerate_backend import accelerate_env, make_accelerator
 
     if backend == "accelerate":
         accelerator = make_accelerator(cpu=device == "cpu" or not _cuda())
         return accelerate_env(accelerator), accelerator
     if backend == "deepspeed":
-        from train.deepspeed_backend import deepspeed_env
+        from sivae.train.deepspeed_backend import deepspeed_env
 
         return deepspeed_env(device), None
     return single_process_env(device), None

@@ -51,14 +51,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from models.base import VAE
-from train import deepspeed_checkpoint as ds_ckpt
-from train.backend import Backend, Net, Precision
-from train.checkpoint import CheckpointError
-from train.collectives import all_true, barrier, broadcast_object
-from train.config import ConfigError, merge
-from train.distributed import DistEnv, default_device, free_port
-from train.schema import DeepSpeedConfig
+from sivae.core import deepspeed_checkpoint as ds_ckpt
+from sivae.core.checkpoint import CheckpointError
+from sivae.core.config import ConfigError, merge
+from sivae.core.distributed import DistEnv, all_true, barrier, broadcast_object, default_device, free_port
+from sivae.models.base import VAE
+from sivae.train.backend import Backend, Net, Precision
+from sivae.train.schema import DeepSpeedConfig
 
 NETS = ds_ckpt.NETS
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-from train.images import grid, save_png
-from train.run_dir import RunDir
-from train.schedule import Position
+from sivae.core.images import grid, save_png
+from sivae.core.run_dir import RunDir
+from sivae.core.schedule import Position
 
 CONSOLE_TERMS = ("rec", "kl_real", "kl_fake", "diff_kl", "exp_elbo_fake", "loss_vae")
 
@@ -87,8 +86,3 @@ class Logger:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def latest_grid(samples_dir: Path, kind: str = "samples") -> Path | None:
-    paths = sorted(Path(samples_dir).glob(f"{kind}-*.png"))
-    return paths[-1] if paths else None

@@ -3,42 +3,14 @@
 Every function here works on per-sample terms (shape [B]) or on network outputs, computes in
 fp32 whatever precision the networks ran in, and does no I/O. The losses are *minimised*:
 the negative of the paper's objectives, in the form of the reference implementation
-(DESIGN.md 2.1, 2.2).
+(Daniel & Tamar 2021, eqs. 4-6; IntroVAE, Huang et al. 2018). The ELBO's two terms,
+`kl_divergence` and `reconstruction_error`, live in sivae.core.elbo: eval's likelihoods use them too.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
-
-ReconstructionKind = Literal["mse", "bce"]
-
-_BCE_EPS = 1e-6
-
-
-def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per sample, summed over latent dims -> [B]."""
-    mu, logvar = mu.float().flatten(1), logvar.float().flatten(1)
-    return -0.5 * torch.sum(1.0 + logvar - mu.pow(2) - logvar.exp(), dim=1)
-
-
-def reconstruction_error(x: Tensor, x_rec: Tensor, kind: ReconstructionKind = "mse") -> Tensor:
-    """Per-sample reconstruction error, *summed* over all data dims -> [B].
-
-    mse: sum of squared errors (a Gaussian negative log-likelihood up to constants).
-    bce: Bernoulli negative log-likelihood with data in [-1, 1] read as probabilities
-         (x + 1) / 2; the reconstruction is clamped into the open interval first.
-    """
-    x, x_rec = x.float().flatten(1), x_rec.float().flatten(1)
-    if kind == "mse":
-        return (x_rec - x).pow(2).sum(dim=1)
-    if kind == "bce":
-        target = (x + 1.0) * 0.5
-        p = ((x_rec + 1.0) * 0.5).clamp(_BCE_EPS, 1.0 - _BCE_EPS)
-        return -(target * p.log() + (1.0 - target) * (1.0 - p).log()).sum(dim=1)
-    raise ValueError(f"unknown reconstruction loss {kind!r}; expected 'mse' or 'bce'")
 
 
 def elbo(rec_error: Tensor, kl: Tensor, beta_rec: float = 1.0, beta_kl: float = 1.0) -> Tensor:

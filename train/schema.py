@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from data_pipeline.config import DataConfig
-from models.config import ModelConfig
-from train.backend import Precision
-from train.config import require
+from sivae.core.config import require
+from sivae.core.schedule import LevelConfig
+from sivae.data_pipeline.config import DataConfig
+from sivae.models.config import ModelConfig
+from sivae.train.backend import Precision
 
 ObjectiveName = Literal["soft-intro", "intro", "vae"]
 # auto: the Accelerate backend when started with several processes (WORLD_SIZE > 1), else single
@@ -38,26 +39,6 @@ class ObjectiveConfig:
         for key in ("beta_rec", "beta_kl", "beta_neg", "gamma_r", "alpha", "margin"):
             require(getattr(self, key) >= 0, key, "must be >= 0")
         require(self.scale is None or self.scale > 0, "scale", "must be > 0 (or null for 1/input_dim)")
-
-
-@dataclass
-class LevelConfig:
-    """One level of the progressive schedule (DESIGN.md 3), counted in thousands of images."""
-
-    resolution: int
-    fade_in_kimg: float = 0.0  # blend ramps 0 -> 1 over this many kimg after the level starts
-    stable_kimg: float = 0.0  # then trains at blend = 1
-    batch: int = 32  # global batch (all ranks, after gradient accumulation)
-    lr: float = 2e-4
-    beta_neg: float | None = None  # null: objective.beta_neg
-
-    def __post_init__(self) -> None:
-        r = self.resolution
-        require(4 <= r <= 1024 and r & (r - 1) == 0, "resolution", "must be a power of two in [4, 1024]")
-        require(self.fade_in_kimg >= 0 and self.stable_kimg >= 0, "stable_kimg", "kimg must be >= 0")
-        require(self.batch > 0, "batch", "must be > 0")
-        require(self.lr > 0, "lr", "must be > 0")
-        require(self.beta_neg is None or self.beta_neg >= 0, "beta_neg", "must be >= 0")
 
 
 @dataclass

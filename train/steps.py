@@ -18,17 +18,16 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from train.backend import Backend, Net
-from train.objectives import (
+from sivae.core.elbo import kl_divergence, reconstruction_error
+from sivae.train.backend import Backend, Net
+from sivae.train.objectives import (
     intro_decoder_loss,
     intro_encoder_loss,
-    kl_divergence,
-    reconstruction_error,
     soft_intro_decoder_loss,
     soft_intro_encoder_loss,
     vae_loss,
 )
-from train.schema import ObjectiveConfig
+from sivae.train.schema import ObjectiveConfig
 
 Stats = dict[str, Tensor]
 # phase(backend, x, z_prior, carried, cfg, scale) -> (loss, stats, value carried to the next phase)

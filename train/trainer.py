@@ -18,22 +18,22 @@ from pathlib import Path
 import psutil
 import torch
 
-from data_pipeline.loader import TrainStream, eval_batches
-from data_pipeline.manifest import load_manifest
-from models import build_model, fade_real_images
-from train import checkpoint
-from train.backend import Backend, LocalBackend
-from train.collectives import all_gather_objects, broadcast_object
-from train.config import ConfigError, to_dict
-from train.distributed import AccelerateBackend, DistEnv
-from train.ema import ema_beta, update_ema
-from train.exit_codes import EXIT_OK, EXIT_PREEMPTED
-from train.logger import Logger
-from train.run_dir import RunDir
-from train.schedule import Position, position, schedule_kimg
-from train.schema import ObjectiveConfig, RunConfig
-from train.snapshot import write_snapshot
-from train.steps import training_step
+from sivae.core import checkpoint
+from sivae.core.config import ConfigError, to_dict
+from sivae.core.distributed import DistEnv, all_gather_objects, broadcast_object
+from sivae.core.run_dir import RunDir
+from sivae.core.schedule import Position, position, schedule_kimg
+from sivae.core.snapshot import write_snapshot
+from sivae.data_pipeline.loader import TrainStream, eval_batches
+from sivae.data_pipeline.manifest import load_manifest
+from sivae.models import build_model, fade_real_images
+from sivae.train.accelerate_backend import AccelerateBackend
+from sivae.train.backend import Backend, LocalBackend
+from sivae.train.ema import ema_beta, update_ema
+from sivae.train.exit_codes import EXIT_OK, EXIT_PREEMPTED
+from sivae.train.logger import Logger
+from sivae.train.schema import ObjectiveConfig, RunConfig
+from sivae.train.steps import training_step
 
 
 @dataclass
@@ -104,7 +104,7 @@ class Trainer:
         t = self.cfg.train
         options = {"precision": t.precision, "grad_clip": t.grad_clip}
         if t.backend == "deepspeed":
-            from train.deepspeed_backend import DeepSpeedBackend  # imports DeepSpeed: only when used
+            from sivae.train.deepspeed_backend import DeepSpeedBackend  # imports DeepSpeed: only when used
 
             micro, accumulation = self.layout(t.schedule[0].batch)
             return DeepSpeedBackend(self.model, self.optimizers, self.env, t.deepspeed, micro_batch=micro,

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from train.toy2d.presets import preset_config
+    from sivae.train.toy2d.presets import preset_config
 
     overrides = list(args.overrides)
     if args.iters is not None:
@@ -39,8 +39,8 @@ def main(args: argparse.Namespace) -> int:
         overrides.append(f"seed={args.seed}")
 
     if args.all:
-        from train.toy2d.datasets import DATASETS
-        from train.toy2d.table import OBJECTIVES, run_all
+        from sivae.train.toy2d.datasets import DATASETS
+        from sivae.train.toy2d.table import OBJECTIVES, run_all
 
         if args.jobs < 1:
             raise SystemExit("sivae toy2d: --jobs must be >= 1")
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"toy2d: table written to {args.out / 'RESULTS.md'}")
         return 0
 
-    from train.toy2d.study import run
+    from sivae.train.toy2d.study import run
 
     cfg = preset_config(args.presets, args.dataset, args.objective, overrides)
     result = run(cfg, args.out, progress=not args.no_progress)

@@ -10,15 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from train.fileio import atomic_write
-
-
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
-    """Save and close `fig` atomically as PNG."""
-    path = Path(path)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
-    plt.close(fig)
-    return path
+from sivae.core.figures import save_figure
 
 
 def _points(ax: plt.Axes, points: np.ndarray, half_range: float, color: str, title: str) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from train.config import ConfigError, load_config, read_yaml
-from train.toy2d.study import Toy2DConfig
+from sivae.core.config import ConfigError, load_config, read_yaml
+from sivae.train.toy2d.study import Toy2DConfig
 
 
 def preset_config(presets_file: Path, dataset: str, objective: str, overrides: list[str] = ()) -> Toy2DConfig:

@@ -19,17 +19,17 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from models.base import VAE
-from models.mlp import mlp_vae
-from train.backend import LocalBackend
-from train.config import dump_yaml, require, to_dict
-from train.fileio import atomic_write, atomic_write_text
-from train.host_memory import keep_freed_memory
-from train.objectives import kl_divergence, reconstruction_error
-from train.schema import ObjectiveConfig
-from train.steps import training_step
-from train.toy2d import metrics, plots
-from train.toy2d.datasets import HALF_RANGE, SAMPLERS
+from sivae.core.config import dump_yaml, require, to_dict
+from sivae.core.elbo import kl_divergence, reconstruction_error
+from sivae.core.fileio import atomic_write, atomic_write_text
+from sivae.models.base import VAE
+from sivae.models.mlp import mlp_vae
+from sivae.train.backend import LocalBackend
+from sivae.train.host_memory import keep_freed_memory
+from sivae.train.schema import ObjectiveConfig
+from sivae.train.steps import training_step
+from sivae.train.toy2d import metrics, plots
+from sivae.train.toy2d.datasets import HALF_RANGE, SAMPLERS
 
 Dataset = Literal["8gaussians", "2spirals", "checkerboard", "rings"]
 

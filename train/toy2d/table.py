@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from train.fileio import atomic_write_text
-from train.toy2d import plots
-from train.toy2d.datasets import DATASETS, HALF_RANGE
-from train.toy2d.study import Toy2DConfig, run, same_config
+from sivae.core.fileio import atomic_write_text
+from sivae.train.toy2d import plots
+from sivae.train.toy2d.datasets import DATASETS, HALF_RANGE
+from sivae.train.toy2d.study import Toy2DConfig, run, same_config
 
 OBJECTIVES = ("soft-intro", "intro", "vae")
 _progress = None  # shared iteration counter, set in each worker

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from train.fileio import atomic_write
+from sivae.core.fileio import atomic_write
 
 FORMAT = "sivae-checkpoint/1"
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")

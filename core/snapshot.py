@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from train.fileio import atomic_write, atomic_write_text
+from sivae.core.fileio import atomic_write, atomic_write_text
 
 FORMAT = "sivae-snapshot/1"
 _NAME = re.compile(r"^snapshot-(\d{12})\.pt$")

@@ -125,7 +125,7 @@ def load_config(
 
 def dump_yaml(obj: Any, path: str | Path) -> None:
     """Write the resolved config tree as YAML (atomic)."""
-    from train.fileio import atomic_write_text
+    from sivae.core.fileio import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(obj), sort_keys=False))
 

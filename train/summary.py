@@ -21,13 +21,13 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.base import VAE
-from models.build import build_model
-from models.config import ModelConfig
-from models.progressive import resolution_of
-from train.backend import Backend, Net
-from train.schema import ObjectiveConfig
-from train.steps import soft_intro_step
+from sivae.models.base import VAE
+from sivae.models.build import build_model
+from sivae.models.config import ModelConfig
+from sivae.models.progressive import resolution_of
+from sivae.train.backend import Backend, Net
+from sivae.train.schema import ObjectiveConfig
+from sivae.train.steps import soft_intro_step
 
 
 @dataclass

@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from train.config import ConfigError, diff, dump_yaml, from_dict, to_dict
-from train.schema import RunConfig
+from sivae.core.config import ConfigError, diff, dump_yaml, from_dict, to_dict
 
 # Keys a resumed run may change: they do not alter what has been trained so far.
 RESUMABLE_CHANGES = (
@@ -58,11 +58,11 @@ class RunDir:
     def exists(self) -> bool:
         return self.config.is_file()
 
-    def check_resume(self, cfg: RunConfig) -> None:
+    def check_resume(self, cfg: Any) -> None:
         """Refuse a config that conflicts with the stored one."""
         stored = yaml.safe_load(self.config.read_text())
         with contextlib.suppress(ConfigError):  # keys added to the schema since the run started take defaults
-            stored = to_dict(from_dict(RunConfig, stored))
+            stored = to_dict(from_dict(type(cfg), stored))
         new = to_dict(cfg)
         backends = (stored.get("train", {}).get("backend"), new["train"]["backend"])
         if all(b in SINGLE_FILE_BACKENDS for b in backends):  # the same checkpoints: any process count
@@ -77,7 +77,7 @@ class RunDir:
                 f"(use a new --run-dir, or the stored {self.config})",
             )
 
-    def prepare(self, cfg: RunConfig) -> bool:
+    def prepare(self, cfg: Any) -> bool:
         """Create the layout and write the resolved config; returns whether an existing run is
         being resumed (after refusing a conflicting config)."""
         resumed = self.exists()
@@ -87,3 +87,8 @@ class RunDir:
             path.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, self.config)
         return resumed
+
+
+def latest_grid(samples_dir: Path, kind: str = "samples") -> Path | None:
+    paths = sorted(Path(samples_dir).glob(f"{kind}-*.png"))
+    return paths[-1] if paths else None

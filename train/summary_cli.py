@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from models.summary import format_table, summarize
-    from train.config import load_config
-    from train.schema import RunConfig
+    from sivae.core.config import load_config
+    from sivae.train.schema import RunConfig
+    from sivae.train.summary import format_table, summarize
 
     cfg = load_config(RunConfig, args.config, args.overrides)
     print(format_table(cfg.model, summarize(cfg.model)))

@@ -9,8 +9,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.progressive import lod_of
-from train.schema import LevelConfig
+from sivae.core.config import require
+
+
+def resolution_of(lod: int) -> int:
+    """Image side length at level `lod`."""
+    if lod < 0:
+        raise ValueError(f"level must be >= 0, got {lod}")
+    return 4 * 2**lod
+
+
+def lod_of(resolution: int) -> int:
+    """The level whose images are `resolution` pixels wide (a power of two >= 4)."""
+    if resolution < 4 or resolution & (resolution - 1):
+        raise ValueError(f"resolution must be a power of two >= 4, got {resolution}")
+    return resolution.bit_length() - 3
+
+
+@dataclass
+class LevelConfig:
+    """One level of the progressive schedule (DESIGN.md 3), counted in thousands of images."""
+
+    resolution: int
+    fade_in_kimg: float = 0.0  # blend ramps 0 -> 1 over this many kimg after the level starts
+    stable_kimg: float = 0.0  # then trains at blend = 1
+    batch: int = 32  # global batch (all ranks, after gradient accumulation)
+    lr: float = 2e-4
+    beta_neg: float | None = None  # null: objective.beta_neg
+
+    def __post_init__(self) -> None:
+        r = self.resolution
+        require(4 <= r <= 1024 and r & (r - 1) == 0, "resolution", "must be a power of two in [4, 1024]")
+        require(self.fade_in_kimg >= 0 and self.stable_kimg >= 0, "stable_kimg", "kimg must be >= 0")
+        require(self.batch > 0, "batch", "must be > 0")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(self.beta_neg is None or self.beta_neg >= 0, "beta_neg", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from train.fileio import atomic_write_bytes
+from sivae.core.fileio import atomic_write_bytes
 
 
 def to_uint8(images: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Processes and devices: the single-process setup and the Accelerate (DDP) backend.
+"""The Accelerate (DDP) backend.
 
 Accelerate starts the processes (`accelerate launch`), joins the process group and places the
 device; the training step stays the one of train.steps. Each network is wrapped in its own DDP
@@ -11,51 +11,14 @@ computes the same arithmetic.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from models.base import VAE
-from train.backend import LocalBackend, Precision
-from train.collectives import all_true
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def default_device(local_rank: int = 0) -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def single_process_env(device: str = "auto") -> DistEnv:
-    return DistEnv(0, 1, 0, default_device() if device == "auto" else torch.device(device))
-
-
-def free_port() -> int:
-    """A TCP port free on this host now, for a rendezvous (MASTER_PORT) or a daemon."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launched_by_distributed_launcher() -> bool:
-    """True under accelerate launch / torchrun / deepspeed (they export WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+from sivae.core.distributed import DistEnv, all_true
+from sivae.models.base import VAE
+from sivae.train.backend import LocalBackend, Precision
 
 
 class AccelerateBackend(LocalBackend):

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from train.checkpoint import CheckpointError
-from train.fileio import atomic_write_text
+from sivae.core.checkpoint import CheckpointError
+from sivae.core.fileio import atomic_write_text
 
 CLIENT_KEY = "sivae"
 COMPLETE = "complete"

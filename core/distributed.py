@@ -1,0 +1,135 @@
+"""Who this process is and the collectives every package uses; all are no-ops in a single process.
+
+Started by any launcher that exports RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (torchrun,
+`accelerate launch`, `deepspeed`, srun with those set), a process joins a process group: gloo on
+CPU, NCCL on CUDA. `DistEnv` says which rank and device it is; training and evaluation take the
+same one. Work is split into contiguous parts (`part`), and `gather_rows` concatenates each rank's
+rows in rank order on every rank, dropping the padding that equal-sized collectives need.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def default_device(local_rank: int = 0) -> torch.device:
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def single_process_env(device: str = "auto") -> DistEnv:
+    return DistEnv(0, 1, 0, default_device() if device == "auto" else torch.device(device))
+
+
+def launched_by_distributed_launcher() -> bool:
+    """True under accelerate launch / torchrun / deepspeed (they export WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_environment(device: str = "auto") -> DistEnv:
+    """A single-process env, or (WORLD_SIZE > 1 in the environment) this rank of a new process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    dev = default_device(local_rank) if device == "auto" else torch.device(device)
+    if world_size == 1:
+        return DistEnv(0, 1, 0, dev)
+    if not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev)
+
+
+def free_port() -> int:
+    """A TCP port free on this host now, for a rendezvous (MASTER_PORT) or a daemon."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def part(total: int, rank: int, world_size: int) -> range:
+    """Rank r's contiguous share of range(total) (sizes differ by at most one)."""
+    return range(rank * total // world_size, (rank + 1) * total // world_size)
+
+
+def all_gather_objects(obj: Any, world_size: int) -> list:
+    """Every rank's `obj`, in rank order."""
+    if world_size == 1:
+        return [obj]
+    out = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_lists(items: list[Any], world_size: int) -> list[Any]:
+    """Every rank's list of small Python objects, concatenated in rank order."""
+    return [item for part_items in all_gather_objects(list(items), world_size) for item in part_items]
+
+
+def broadcast_object(obj: Any, world_size: int) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()
+
+
+def all_true(flag: torch.Tensor, world_size: int) -> bool:
+    """Whether `flag` holds on every rank (so that every rank takes the same decision)."""
+    if world_size == 1:
+        return bool(flag)
+    flag = flag.to(torch.int32).reshape(1)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _collective_device(env: DistEnv) -> torch.device:
+    return env.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def gather_rows(rows: np.ndarray, env: DistEnv) -> np.ndarray:
+    """Every rank's rows [n_r, ...] concatenated in rank order (on every rank); exact counts, no padding."""
+    if env.world_size == 1:
+        return rows
+    device = _collective_device(env)
+    counts = torch.zeros(env.world_size, dtype=torch.int64, device=device)
+    counts[env.rank] = rows.shape[0]
+    dist.all_reduce(counts)
+    longest = int(counts.max())
+    padded = torch.zeros((longest, *rows.shape[1:]), dtype=torch.from_numpy(rows[:0]).dtype, device=device)
+    padded[: rows.shape[0]] = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+    parts = [torch.empty_like(padded) for _ in range(env.world_size)]
+    dist.all_gather(parts, padded)
+    return np.concatenate([p[:n].cpu().numpy() for p, n in zip(parts, counts.tolist())])
+
+
+def leave_process_group() -> None:
+    """Destroy the default process group, if any, before the interpreter exits. Left to interpreter
+    teardown, gloo's worker threads can outlive their owner and abort the process ("terminate called
+    without an active exception", exit status -6) after all the work succeeded."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
