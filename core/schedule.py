@@ -28,9 +28,10 @@ def lod_of(resolution: int) -> int:
 
 @dataclass
 class LevelConfig:
-    """One level of the progressive schedule (DESIGN.md 3), counted in thousands of images."""
+    """One level of the progressive schedule, counted in thousands of images. Data that does not grow
+    (2D points, point clouds) has one level with no resolution."""
 
-    resolution: int
+    resolution: int | None = None
     fade_in_kimg: float = 0.0  # blend ramps 0 -> 1 over this many kimg after the level starts
     stable_kimg: float = 0.0  # then trains at blend = 1
     batch: int = 32  # global batch (all ranks, after gradient accumulation)
@@ -39,7 +40,8 @@ class LevelConfig:
 
     def __post_init__(self) -> None:
         r = self.resolution
-        require(4 <= r <= 1024 and r & (r - 1) == 0, "resolution", "must be a power of two in [4, 1024]")
+        require(r is None or (4 <= r <= 1024 and r & (r - 1) == 0), "resolution",
+                "must be a power of two in [4, 1024] (or null for data that does not grow)")
         require(self.fade_in_kimg >= 0 and self.stable_kimg >= 0, "stable_kimg", "kimg must be >= 0")
         require(self.batch > 0, "batch", "must be > 0")
         require(self.lr > 0, "lr", "must be > 0")
@@ -49,8 +51,8 @@ class LevelConfig:
 @dataclass(frozen=True)
 class Position:
     level: int  # index into the schedule
-    resolution: int
-    lod: int  # log2(resolution) - 2: 0 = 4px, 8 = 1024px
+    resolution: int | None  # None: data that does not grow
+    lod: int | None  # log2(resolution) - 2: 0 = 4px, 8 = 1024px; None: the model's only (top) level
     blend: float
     level_start_kimg: float
     config: LevelConfig
@@ -78,4 +80,5 @@ def position(levels: list[LevelConfig], kimg: float) -> Position:
         blend = 1.0
     else:
         blend = min(1.0, (kimg - start) / level.fade_in_kimg)
-    return Position(index, level.resolution, lod_of(level.resolution), blend, start, level)
+    lod = None if level.resolution is None else lod_of(level.resolution)
+    return Position(index, level.resolution, lod, blend, start, level)

@@ -9,7 +9,11 @@ from sivae.core.config import require
 
 @dataclass
 class DataConfig:
+    # the kind of data, which decides how the trainer streams, fades and shows it (sivae.train.modality):
+    # "images" (a built data set at `path`) or "toy2d" (a procedural 2D density named by `dataset`)
+    kind: str = "images"
     path: str = "data/emoji"  # a built data set: the directory holding manifest.json
+    dataset: str = ""  # procedural kinds: which generator
     workers: int = 2  # loader worker processes per rank
     shuffle_buffer: int = 1000
     flip: bool = True  # random horizontal flip of training images

@@ -2,9 +2,11 @@
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,7 +109,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_straight_result(t
     cfg = Toy2DConfig(dataset="2spirals", objective=ObjectiveConfig(name="soft-intro", beta_neg=0.9), iters=90,
                       vae_warmup_iters=30, batch_size=64, lr_milestones=[60], checkpoint_every=20, log_every=10,
                       eval_samples=500, gnelbo_grid=32, gnelbo_data_points=200)  # fmt: skip
-    straight, straight_history, _, _ = train(cfg, progress=False)
+    straight, straight_history, _, _ = train(cfg, tmp_path / "straight", progress=False)
+    assert [row["iter"] for row in straight_history] == [10.0 * k for k in range(1, 10)]
 
     out = tmp_path / "run"
     calls = 0
@@ -120,17 +123,19 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_straight_result(t
 
     with pytest.raises(Interrupted):
         run(cfg, out, progress=False, on_iter=kill_after_50)
-    assert (out / "checkpoint.pt").is_file() and not (out / "metrics.json").exists()
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["iteration"] == 40
+    checkpoints = sorted((out / "run" / "checkpoints").glob("*.pt"))
+    assert [p.name for p in checkpoints] == [f"ckpt-{40 * 64:012d}.pt"] and not (out / "metrics.json").exists()
     other_config_dir = tmp_path / "other"
     shutil.copytree(out, other_config_dir)
 
-    resumed, history, _, _ = train(cfg, progress=False, checkpoint=out / "checkpoint.pt")
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(out / "run", resumed_dir)
+    resumed, history, _, _ = train(cfg, resumed_dir, progress=False)
     assert history == straight_history
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
     result = run(cfg, out, progress=False)  # finishes from the same checkpoint, then removes it
-    assert result["iters"] == 90 and not (out / "checkpoint.pt").exists()
+    assert result["iters"] == 90 and not (out / "run" / "checkpoints").exists()
 
     # another configuration in the same directory never resumes that checkpoint: all 90 iterations run
     iterations = 0
@@ -141,7 +146,6 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_straight_result(t
 
     run(Toy2DConfig(**{**cfg.__dict__, "seed": 7}), other_config_dir, progress=False, on_iter=count)
     assert iterations == 90
-
 
 def test_runs_differing_only_in_how_they_are_saved_are_the_same_run(tmp_path):
     """A finished run counts as done whatever its checkpoint cadence (older runs have no such key); any key that
@@ -177,3 +181,43 @@ def test_all_writes_table_and_resumes(tmp_path):
     proc = run_cli(*args)  # everything is finished: nothing reruns
     assert proc.returncode == 0 and "runs to do" not in proc.stdout
     assert (tmp_path / "rings-vae" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_the_run_config_file_is_what_the_study_trains():
+    from sivae.core.config import load_config
+    from sivae.train.schema import RunConfig
+    from sivae.train.toy2d.presets import preset_config
+    from sivae.train.toy2d.study import run_config
+
+    repo = Path(__file__).parents[1]
+    study = run_config(preset_config(repo / "configs" / "toy2d.yaml", "8gaussians", "soft-intro"))
+    from_file = load_config(RunConfig, repo / "configs" / "toy2d_8gaussians.yaml")
+    from_file.train.backend = study.train.backend  # the file leaves the backend to the launcher ("auto")
+    assert to_dict(from_file) == to_dict(study)
+
+
+def test_a_2d_run_trains_under_accelerate_with_two_processes(tmp_path):
+    """The 2D study's run config through `sivae train` and Accelerate's DDP: both ranks end with the same
+    weights, from different batches, and the checkpoint knows it was 2 processes."""
+    from sivae.core.distributed import free_port
+
+    repo = Path(__file__).parents[1]
+    record = tmp_path / "record"
+    record.mkdir()
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "SIVAE_TEST_RECORD": str(record)}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port())]  # fmt: skip
+    args = ["train", str(repo / "configs" / "toy2d_8gaussians.yaml"), "--run-dir", str(tmp_path / "ddp"),
+            "train.total_kimg=10.24", "train.vae_warmup_kimg=5.12", "train.checkpoint_every_kimg=5.12",
+            "train.log_every_kimg=2.56"]  # fmt: skip
+    proc = subprocess.run([*launch, str(repo / "tests" / "train_driver.py"), *args], env=env, cwd=repo,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (torch.load(record / f"rank{r}.pt") for r in (0, 1))
+    for name in rank0["params"]:
+        assert torch.equal(rank0["params"][name], rank1["params"][name]), name
+    assert len(rank0["batches"]) == len(rank1["batches"]) == 20  # 10.24 kimg / 512 per iteration
+    assert not set(rank0["batches"]) & set(rank1["batches"]), "the ranks drew the same batches"
+    final = sorted((tmp_path / "ddp" / "checkpoints").glob("*.pt"))[-1]
+    assert torch.load(final, weights_only=False)["world_size"] == 2

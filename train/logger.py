@@ -6,11 +6,12 @@ from __future__ import annotations
 import sys
 import time
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-from sivae.core.images import grid, save_png
+from sivae.core.images import save_png
 from sivae.core.run_dir import RunDir
 from sivae.core.schedule import Position
 
@@ -28,8 +29,8 @@ def format_duration(seconds: float) -> str:
 
 
 class Logger:
-    def __init__(self, run_dir: RunDir, total_images: int, start_images: int):
-        self.run_dir, self.total_images = run_dir, total_images
+    def __init__(self, run_dir: RunDir, total_images: int, start_images: int, console: bool = True):
+        self.run_dir, self.total_images, self.console = run_dir, total_images, console
         self.writer = SummaryWriter(log_dir=str(run_dir.tb))
         self.sums: dict[str, Tensor] = {}
         self.count = 0
@@ -52,8 +53,9 @@ class Logger:
         for key, value in means.items():
             self.writer.add_scalar(f"loss/{key}", value, step)
         self.writer.add_scalar("progress/kimg", kimg, step)
-        self.writer.add_scalar("progress/lod", pos.lod, step)
-        self.writer.add_scalar("progress/resolution", pos.resolution, step)
+        if pos.resolution is not None:
+            self.writer.add_scalar("progress/lod", pos.lod, step)
+            self.writer.add_scalar("progress/resolution", pos.resolution, step)
         self.writer.add_scalar("progress/blend", pos.blend, step)
         self.writer.add_scalar("progress/lr", lr, step)
         self.writer.add_scalar("speed/images_per_second", rate, step)
@@ -62,26 +64,22 @@ class Logger:
         for net, count in progress.skipped_updates.items():
             self.writer.add_scalar(f"skipped_updates/{net}", count, step)
         self.writer.flush()
+        level = f"{pos.resolution:4d}px blend {pos.blend:.2f}" if pos.resolution is not None else ""
         eta = (self.total_images - images) / rate if rate > 0 else float("inf")
         terms = "  ".join(f"{k} {means[k]:.4g}" for k in CONSOLE_TERMS if k in means)
-        print(
-            f"kimg {kimg:9.3f}/{self.total_images / 1000:.1f}  {pos.resolution:4d}px blend {pos.blend:.2f}  "
-            f"{rate:7.1f} img/s  ETA {format_duration(eta)}  {terms}",
-            file=sys.stderr,
-            flush=True,
-        )
+        if self.console:
+            print(
+                f"kimg {kimg:9.3f}/{self.total_images / 1000:.1f}  {level}  "
+                f"{rate:7.1f} img/s  ETA {format_duration(eta)}  {terms}",
+                file=sys.stderr,
+                flush=True,
+            )
         self.sums, self.count = {}, 0
 
-    def write_images(self, images: int, samples: Tensor, reconstructions: Tensor | None) -> None:
-        """Samples from fixed z, and test images over their reconstructions."""
-        sample_grid = grid(samples, columns=8)
-        save_png(sample_grid, self.run_dir.samples / f"samples-{images:012d}.png", upscale_to=512)
-        self.writer.add_image("samples", torch.from_numpy(sample_grid), images, dataformats="HWC")
-        if reconstructions is not None:
-            columns = reconstructions.shape[0] // 2
-            recon_grid = grid(reconstructions, columns=max(1, columns))
-            save_png(recon_grid, self.run_dir.samples / f"reconstructions-{images:012d}.png", upscale_to=512)
-            self.writer.add_image("reconstructions", torch.from_numpy(recon_grid), images, dataformats="HWC")
+    def write_image(self, tag: str, array: np.ndarray, images: int) -> None:
+        """An HxWx3 uint8 picture (a sample grid, a plot) as samples/TAG-<images>.png and in TensorBoard."""
+        save_png(array, self.run_dir.samples / f"{tag}-{images:012d}.png", upscale_to=512)
+        self.writer.add_image(tag, torch.from_numpy(array), images, dataformats="HWC")
         self.writer.flush()
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,14 +25,13 @@ from sivae.core.distributed import DistEnv, all_gather_objects, broadcast_object
 from sivae.core.run_dir import RunDir
 from sivae.core.schedule import Position, position, schedule_kimg
 from sivae.core.snapshot import write_snapshot
-from sivae.data_pipeline.loader import TrainStream, eval_batches
-from sivae.data_pipeline.manifest import load_manifest
-from sivae.models import build_model, fade_real_images
+from sivae.models import build_model
 from sivae.train.accelerate_backend import AccelerateBackend
 from sivae.train.backend import Backend, LocalBackend
 from sivae.train.ema import ema_beta, update_ema
 from sivae.train.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from sivae.train.logger import Logger
+from sivae.train.modality import Modality, StreamPlace, make_modality
 from sivae.train.schema import ObjectiveConfig, RunConfig
 from sivae.train.steps import training_step
 
@@ -55,25 +55,27 @@ class TrainingDiverged(RuntimeError):
 
 
 def check_data(cfg: RunConfig) -> None:
-    """Refuse, before any work, a data set that lacks a level of the schedule."""
-    manifest = load_manifest(cfg.data.path)
-    for level in cfg.train.schedule:
-        manifest.check("train", level.resolution)
+    """Refuse, before any work, data the run cannot read (the modality of `data.kind` says what that is)."""
+    make_modality(cfg, torch.device("cpu")).check()
 
 
 def make_optimizers(model: torch.nn.Module, cfg: RunConfig) -> dict[str, torch.optim.Optimizer]:
     t = cfg.train
     return {
         name: torch.optim.Adam(
-            getattr(model, name).parameters(), lr=t.schedule[0].lr, betas=tuple(t.optimizer.betas), eps=t.optimizer.eps
+            getattr(model, name).parameters(), lr=t.schedule[0].lr, betas=tuple(t.optimizer.betas),
+            eps=t.optimizer.eps, fused=t.optimizer.fused or None,
         )
         for name in ("encoder", "decoder")
     }
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, env: DistEnv, accelerator=None):
+    def __init__(self, cfg: RunConfig, run_dir: Path, env: DistEnv, accelerator=None, *, console: bool = True,
+                 on_iteration: Callable[[Progress], None] | None = None):
+        """`console`: print the log lines; `on_iteration`: called after every iteration (progress ticks)."""
         self.cfg, self.env, self.run_dir = cfg, env, RunDir(Path(run_dir))
+        self.console, self.on_iteration = console, on_iteration
         t = cfg.train
         total_kimg = t.total_kimg if t.total_kimg is not None else schedule_kimg(t.schedule)
         self.total_images = round(1000 * total_kimg)
@@ -82,6 +84,7 @@ class Trainer:
             self.layout(level.batch)
         torch.manual_seed(self.noise_seed(rollbacks=0))
 
+        self.modality: Modality = make_modality(cfg, env.device)
         self.model = build_model(cfg.model).to(env.device)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -129,7 +132,7 @@ class Trainer:
         if resumed:
             self.restore_latest()
         if self.env.is_main:
-            self.logger = Logger(self.run_dir, self.total_images, self.progress.images)
+            self.logger = Logger(self.run_dir, self.total_images, self.progress.images, console=self.console)
         previous_handlers = self._install_signal_handlers()
         try:
             return self._loop()
@@ -149,7 +152,7 @@ class Trainer:
             if self.stream is None:
                 self.open_stream(pos)
             self.backend.set_level(pos.lod, pos.blend)
-            self.set_lr(pos.config.lr)
+            self.set_lr(self.lr_at(pos))
             micro_batches = self.next_micro_batches(pos)
             warmup = self.progress.images < self.warmup_images
             stats = training_step(self.backend, micro_batches, self.objective_at(pos), self.loss_scale(pos), warmup)
@@ -165,6 +168,8 @@ class Trainer:
                 self.roll_back()
                 continue
             self.after_iteration(images_before, pos)
+            if self.on_iteration is not None:
+                self.on_iteration(self.progress)
             if self.agree_to_stop():
                 self.save_checkpoint()
                 self.log(f"stop signal: checkpoint written at kimg {self.progress.images / 1000:.3f}; exiting")
@@ -217,28 +222,24 @@ class Trainer:
             self.backend.reset_optimizer()
         self.progress.level, self.progress.level_iterations = pos.level, 0
         self.stream = None
-        self.log(f"level {pos.level}: {pos.resolution}px, global batch {pos.config.batch}, lr {pos.config.lr:g}")
+        at = f"{pos.resolution}px, " if pos.resolution is not None else ""
+        self.log(f"level {pos.level}: {at}global batch {pos.config.batch}, lr {pos.config.lr:g}")
 
     def open_stream(self, pos: Position) -> None:
         """The data stream of the level from where the run stands (a level switch, a resume, a rollback)."""
         per_device, accumulation = self.layout(pos.config.batch)
         self.backend.set_layout(per_device, accumulation)
-        d = self.cfg.data
-        stream = TrainStream(
-            d.path,
-            pos.resolution,
-            per_device,
+        place = StreamPlace(
+            per_device_batch=per_device,
             rank=self.env.rank,
             world_size=self.env.world_size,
             seed=self.cfg.train.seed * 1000 + pos.level + 7919 * self.progress.rollbacks,
             start_batch=self.progress.level_iterations * accumulation,
-            workers=d.workers,
-            shuffle_buffer=d.shuffle_buffer,
-            flip=d.flip,
         )
-        digest = stream.manifest.digest
+        stream = self.modality.stream(pos, place)
+        digest = self.modality.digest
         if self.progress.data_digest and digest != self.progress.data_digest:
-            self.log(f"note: the data set at {d.path} differs from the one this run started on (digest changed)")
+            self.log("note: the data set differs from the one this run started on (digest changed)")
         self.progress.data_digest = digest
         self.stream = iter(stream)
 
@@ -248,11 +249,17 @@ class Trainer:
         for _ in range(accumulation):
             batch = next(self.stream)
             self.progress.skipped_samples += batch.skipped
-            x = batch.images.to(self.env.device, non_blocking=True)
-            if self.cfg.train.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            micro.append(fade_real_images(x, pos.blend))
+            micro.append(self.modality.model_input(batch, pos))
         return micro
+
+    def lr_at(self, pos: Position) -> float:
+        """The level's lr, decayed by lr_decay at each of lr_decay_kimg passed (multiplied step by step, as
+        torch's MultiStepLR does, so the 2D study's values are the same floats)."""
+        lr, kimg = pos.config.lr, self.progress.images / 1000
+        for milestone in self.cfg.train.lr_decay_kimg:
+            if kimg >= milestone:
+                lr *= self.cfg.train.lr_decay
+        return lr
 
     def set_lr(self, lr: float) -> None:
         for opt in self.optimizers.values():
@@ -342,23 +349,15 @@ class Trainer:
             )
 
     @torch.no_grad()
-    def save_samples(self, pos: Position, count: int = 32, reconstructions: int = 16) -> None:
-        """Grids of EMA samples from fixed z and of EMA reconstructions of fixed test images. Runs
-        on its own RNG state, so that sampling never changes the training's random stream."""
+    def save_samples(self, pos: Position) -> None:
+        """What the modality shows of the EMA model (sample grids, plots). Runs on its own RNG state, so
+        that sampling never changes the training's random stream."""
         if not self.env.is_main:
             return
         devices = [self.env.device] if self.env.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.train.seed)
-            z = torch.randn(count, self.model.latent_dim, device=self.env.device)
-            samples = self.ema.decode(z, pos.lod, pos.blend)
-            test = next(iter(eval_batches(self.cfg.data.path, "test", pos.resolution, reconstructions)), None)
-            pairs = None
-            if test is not None and bool(test.valid.any()):
-                x = test.images[test.valid].to(self.env.device)
-                mu, _ = self.ema.encode(x, pos.lod, pos.blend)
-                pairs = torch.cat([x, self.ema.decode(mu, pos.lod, pos.blend)])
-        self.logger.write_images(self.progress.images, samples, pairs)
+            self.modality.write_samples(self.ema, pos, self.progress.images, self.logger)
 
     # ---- preemption -------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict:
@@ -384,5 +383,5 @@ class Trainer:
         return psutil.Process().memory_info().rss
 
     def log(self, message: str) -> None:
-        if self.env.is_main:
+        if self.env.is_main and self.console:
             print(f"[sivae train] {message}", file=sys.stderr, flush=True)

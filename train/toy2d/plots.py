@@ -39,6 +39,16 @@ def scatter_png(points: np.ndarray, half_range: float, path: Path, title: str, c
     return save_figure(fig, path)
 
 
+def scatter_array(points: np.ndarray, half_range: float, title: str, color: str) -> np.ndarray:
+    """The scatter plot as an HxWx3 uint8 picture (for TensorBoard and the run's samples/)."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    _points(ax, points, half_range, color, title)
+    fig.canvas.draw()
+    array = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return array
+
+
 def density_png(density: np.ndarray, half_range: float, path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(4, 4))
     _density(ax, density, half_range, title)

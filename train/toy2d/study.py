@@ -1,14 +1,15 @@
 """Train one (dataset, objective) pair of the 2D study and measure it.
 
-`run` is the whole experiment: seed, MLP encoder/decoder, Adam with step decay, the shared
-training steps of train.steps through a LocalBackend, then KL/JSD/gnELBO and the plots.
+`run` is the whole experiment: the study's settings become a run config (`run_config`) that the shared
+trainer trains like any other run (checkpoints, resume, TensorBoard, backends), then KL/JSD/gnELBO
+and the plots of the trained networks.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,19 +18,22 @@ from typing import Literal
 import numpy as np
 import torch
 import yaml
-from tqdm import tqdm
 
 from sivae.core.config import dump_yaml, require, to_dict
+from sivae.core.distributed import single_process_env
 from sivae.core.elbo import kl_divergence, reconstruction_error
 from sivae.core.fileio import atomic_write, atomic_write_text
+from sivae.core.run_dir import RunDir
+from sivae.core.schedule import LevelConfig
+from sivae.data_pipeline.config import DataConfig
 from sivae.models.base import VAE
-from sivae.models.mlp import mlp_vae
-from sivae.train.backend import LocalBackend
+from sivae.models.config import ModelConfig
+from sivae.train.exit_codes import EXIT_OK
 from sivae.train.host_memory import keep_freed_memory
-from sivae.train.schema import ObjectiveConfig
-from sivae.train.steps import training_step
+from sivae.train.schema import ObjectiveConfig, OptimizerConfig, RunConfig, TrainConfig
 from sivae.train.toy2d import metrics, plots
 from sivae.train.toy2d.datasets import HALF_RANGE, SAMPLERS
+from sivae.train.trainer import Trainer
 
 Dataset = Literal["8gaussians", "2spirals", "checkerboard", "rings"]
 
@@ -52,7 +56,9 @@ class Toy2DConfig:
     gnelbo_grid: int = 1024
     gnelbo_data_points: int = 12_800
     log_every: int = 100
-    checkpoint_every: int = 1_000  # iterations between resumable checkpoints (out/checkpoint.pt)
+    checkpoint_every: int = 1_000  # iterations between resumable checkpoints (out/run/checkpoints/)
+    # the trainer's backend: "single", or "accelerate" / "deepspeed" under their launchers
+    backend: Literal["auto", "single", "accelerate", "deepspeed"] = "single"
 
     def __post_init__(self) -> None:
         for key in ("iters", "batch_size", "latent_dim", "hidden", "eval_samples", "gnelbo_grid", "log_every",
@@ -65,83 +71,63 @@ class Toy2DConfig:
         require(all(m > 0 for m in self.lr_milestones), "lr_milestones", "must be positive iterations")
 
 
-def build(
-    cfg: Toy2DConfig, fused_adam: bool = True
-) -> tuple[VAE, LocalBackend, list[torch.optim.lr_scheduler.LRScheduler]]:
-    """The MLP VAE, its Adam per net (fused: one kernel per step instead of one per parameter and moment,
-    5-9% of a 2D iteration measured; benchmarks/toy2d_speed.py) and their lr step decays."""
-    model = mlp_vae(2, cfg.latent_dim, cfg.hidden, cfg.hidden_layers)
-    optimizers = {
-        name: torch.optim.Adam(getattr(model, name).parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=fused_adam)
-        for name in ("encoder", "decoder")
-    }
-    schedulers = [
-        torch.optim.lr_scheduler.MultiStepLR(opt, cfg.lr_milestones, gamma=cfg.lr_decay) for opt in optimizers.values()
-    ]
-    return model, LocalBackend(model, optimizers), schedulers
+def run_config(cfg: Toy2DConfig) -> RunConfig:
+    """The study's settings as a run config of the shared trainer: the MLP VAE on `data.kind: toy2d`, one
+    level without resolution, iterations counted as images (iterations x batch), Adam (fused: one kernel
+    per step instead of one per parameter and moment, 5-9% of a 2D iteration measured;
+    benchmarks/toy2d_speed.py) with the study's step decay, no optimizer reset and a resumable checkpoint
+    every `checkpoint_every` iterations."""
+    kimg = cfg.batch_size / 1000  # one iteration, in kimg
+    return RunConfig(
+        model=ModelConfig(arch="mlp", data_dim=2, latent_dim=cfg.latent_dim, hidden=cfg.hidden,
+                          hidden_layers=cfg.hidden_layers),
+        data=DataConfig(kind="toy2d", dataset=cfg.dataset, workers=0),
+        objective=cfg.objective,
+        train=TrainConfig(
+            schedule=[LevelConfig(resolution=None, stable_kimg=cfg.iters * kimg, batch=cfg.batch_size, lr=cfg.lr)],
+            seed=cfg.seed, total_kimg=cfg.iters * kimg, vae_warmup_kimg=cfg.vae_warmup_iters * kimg,
+            optimizer=OptimizerConfig(betas=(0.9, 0.999), eps=1e-8, fused=True),
+            lr_decay_kimg=[m * kimg for m in cfg.lr_milestones], lr_decay=cfg.lr_decay,
+            reset_optimizer_on_level=False, ema_halflife_kimg=0.0, backend=cfg.backend,
+            checkpoint_every_kimg=cfg.checkpoint_every * kimg, keep_checkpoints=1,
+            log_every_kimg=cfg.log_every * kimg, sample_every_kimg=max(cfg.iters // 6, 1) * kimg,
+            snapshot_every_kimg=cfg.iters * kimg,
+        ),
+    )  # fmt: skip
+
+
+def read_history(run: RunDir, batch_size: int) -> list[dict[str, float]]:
+    """The loss terms the trainer logged (means over each `log_every` iterations), from its TensorBoard log.
+    A resumed run logged some steps twice (after the checkpoint, before the kill): the last value counts."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run.tb), size_guidance={"scalars": 0})
+    events.Reload()
+    rows: dict[int, dict[str, float]] = {}
+    for tag in events.Tags()["scalars"]:
+        if tag.startswith("loss/"):
+            for event in events.Scalars(tag):
+                rows.setdefault(event.step, {})[tag[len("loss/"):]] = event.value
+    return [{"iter": step / batch_size, **rows[step]} for step in sorted(rows)]
 
 
 def train(
-    cfg: Toy2DConfig, progress: bool = True, on_iter=None, checkpoint: Path | None = None
+    cfg: Toy2DConfig, run_dir: Path, progress: bool = True, on_iter=None
 ) -> tuple[VAE, list[dict[str, float]], int, float]:
-    """Train from the seed; returns the model, the history logged every `log_every` iterations,
-    the number of updates skipped for a non-finite loss or gradient, and the training seconds.
-
-    With `checkpoint`, the whole state (networks, Adam, lr schedules, both RNG streams, history) is
-    written there every `checkpoint_every` iterations, and a run finding one resumes from it: the
-    result is bit-identical to an uninterrupted run on the same thread count."""
-    torch.manual_seed(cfg.seed)
-    data_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    model, backend, schedulers = build(cfg)
-    sampler = SAMPLERS[cfg.dataset]
-    scale = cfg.objective.scale or 1.0 / model.input_dim()
-    history: list[dict[str, float]] = []
-    start_iter, seconds_before = 0, 0.0
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        backend.load_state_dict(state["backend"])
-        backend.skipped.update(state["skipped"])
-        for sched, sched_state in zip(schedulers, state["schedulers"]):
-            sched.load_state_dict(sched_state)
-        torch.set_rng_state(state["torch_rng"])
-        data_gen.set_state(state["data_rng"])
-        history, start_iter, seconds_before = state["history"], state["iteration"], state["train_seconds"]
-        print(f"{cfg.dataset}/{cfg.objective.name}: resumed at iteration {start_iter}", file=sys.stderr)
-    start = time.perf_counter()
-    bar = tqdm(
-        range(start_iter, cfg.iters),
-        initial=start_iter,
-        total=cfg.iters,
-        desc=f"{cfg.dataset}/{cfg.objective.name}",
-        disable=not progress,
-        smoothing=0.05,
-        mininterval=0.5 if sys.stderr.isatty() else 30.0,  # a log file gets a line every 30 s
-    )
-    for it in bar:
-        x = sampler(cfg.batch_size, data_gen)
-        stats = training_step(backend, x, cfg.objective, scale, warmup=it < cfg.vae_warmup_iters)
-        for sched in schedulers:
-            sched.step()
-        if it % cfg.log_every == 0 or it == cfg.iters - 1:
-            row = {"iter": float(it), **{k: float(v) for k, v in stats.items()}}
-            history.append(row)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in row.items() if k in ("rec", "kl_real", "kl_fake")})
-        done = it + 1
-        if checkpoint is not None and done % cfg.checkpoint_every == 0 and done < cfg.iters:
-            state = {
-                "backend": backend.state_dict(),
-                "skipped": dict(backend.skipped),
-                "schedulers": [sched.state_dict() for sched in schedulers],
-                "torch_rng": torch.get_rng_state(),
-                "data_rng": data_gen.get_state(),
-                "history": history,
-                "iteration": done,
-                "train_seconds": seconds_before + time.perf_counter() - start,
-            }
-            atomic_write(checkpoint, lambda f, state=state: torch.save(state, f))
-        if on_iter is not None:
-            on_iter()
-    return model, history, sum(backend.skipped.values()), seconds_before + time.perf_counter() - start
+    """Train with the shared trainer in `run_dir` (resuming the run there, if any); returns the trained
+    networks, the logged history, the number of updates skipped for a non-finite loss or gradient, and the
+    iterations per second of this process's share of the run."""
+    env = single_process_env("cpu")
+    trainer = Trainer(run_config(cfg), run_dir, env, console=progress,
+                      on_iteration=None if on_iter is None else lambda _progress: on_iter())  # fmt: skip
+    start_iteration, start = trainer.progress.iteration, time.perf_counter()
+    status = trainer.run()
+    if status != EXIT_OK:
+        raise RuntimeError(f"{cfg.dataset}/{cfg.objective.name}: training stopped with status {status}")
+    seconds = time.perf_counter() - start
+    rate = (trainer.progress.iteration - start_iteration) / seconds if seconds > 0 else float("nan")
+    history = read_history(trainer.run_dir, cfg.batch_size)
+    return trainer.model.eval(), history, sum(trainer.progress.skipped_updates.values()), rate
 
 
 def negative_elbo(model: VAE, points: torch.Tensor, batch: int = 65_536) -> torch.Tensor:
@@ -181,7 +167,7 @@ def _pool(density: np.ndarray, size: int = 256) -> np.ndarray:
 
 
 # Keys that say how a run is saved, not what it computes: runs that differ only in them are the same run.
-OPERATIONAL_KEYS = ("checkpoint_every",)
+OPERATIONAL_KEYS = ("checkpoint_every", "backend")
 
 
 def same_config(cfg: Toy2DConfig, out: Path) -> bool:
@@ -208,11 +194,13 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(threads)
-    checkpoint = out / "checkpoint.pt"
-    if checkpoint.is_file() and not same_config(cfg, out):
-        checkpoint.unlink()  # a checkpoint of another configuration: start afresh
+    run_dir = out / "run"
+    if run_dir.exists() and not same_config(cfg, out):
+        shutil.rmtree(run_dir)  # a run of another configuration: start afresh
     dump_yaml(cfg, out / "config.yaml")
-    model, history, skipped, train_seconds = train(cfg, progress=progress, on_iter=on_iter, checkpoint=checkpoint)
+    train_start = time.perf_counter()
+    model, history, skipped, rate = train(cfg, run_dir, progress=progress, on_iter=on_iter)
+    train_seconds = time.perf_counter() - train_start
     eval_start = time.perf_counter()
     result, arrays = evaluate(model, cfg)
     result |= {
@@ -222,7 +210,7 @@ def run(
         "seed": cfg.seed,
         "seconds": train_seconds + time.perf_counter() - eval_start,
         "train_seconds": train_seconds,
-        "iters_per_second": cfg.iters / train_seconds,
+        "iters_per_second": rate,
         "skipped_updates": skipped,
     }
     c = HALF_RANGE[cfg.dataset]
@@ -239,7 +227,7 @@ def run(
     atomic_write_text(out / "history.json", json.dumps(history))
     # metrics.json last: its presence marks a finished run.
     atomic_write_text(out / "metrics.json", json.dumps(_finite(result), indent=2))
-    checkpoint.unlink(missing_ok=True)
+    shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)  # finished: metrics.json marks it done
     return result
 
 
