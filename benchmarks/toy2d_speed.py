@@ -153,7 +153,7 @@ def main() -> None:
         warmup_rate = its_per_second("soft-intro", True, args.iters)
         for objective, rate in rates.items():
             achieved = flops[objective] * rate / 1e9
-            # the adversarial objectives run 2k VAE warm-up iterations first (DESIGN.md 2.3)
+            # the adversarial objectives run 2k VAE warm-up iterations first (the reference preset)
             warm = 0 if objective == "vae" else 2000
             minutes = (warm / warmup_rate + (30_000 - warm) / rate) / 60
             print(

@@ -14,7 +14,7 @@ from sivae.core.fileio import atomic_write_bytes
 
 
 def to_uint8(images: Tensor) -> Tensor:
-    """[-1, 1] floats -> uint8 [0, 255], rounded (the quantisation of DESIGN's FID path)."""
+    """[-1, 1] floats -> uint8 [0, 255], rounded (the quantisation before FID features: what saved PNGs would hold)."""
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 

@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md 4): config.yaml, checkpoints/, snapshots/, tb/, samples/.
+"""The run directory: config.yaml, checkpoints/, snapshots/, tb/, samples/.
 
 Starting a run in a directory that holds one resumes it. The resolved config must match the
 stored one except for keys that only say how long or how often (total length, cadences); any

@@ -1,4 +1,4 @@
-"""The progressive schedule in images seen (DESIGN.md 3), as pure functions.
+"""The progressive schedule in images seen, as pure functions.
 
 Each level trains `fade_in_kimg` with blend ramping linearly from 0 to 1 (the reference's ramp
 over the first half of a level), then `stable_kimg` at blend 1. The first level has nothing to

@@ -1,4 +1,4 @@
-"""Inference snapshots: the contract between the trainer and the eval package (DESIGN.md 4).
+"""Inference snapshots: the contract between the trainer and the eval package.
 
 A snapshot holds the EMA encoder and decoder, the resolved run config and where training stood
 (images, kimg, level, blend). It is written atomically, then a `.ready` marker beside it says it

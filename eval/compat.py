@@ -1,4 +1,4 @@
-"""The one place that works around torchvision on a CPU-only PyTorch (DESIGN.md 5).
+"""The one place that works around torchvision on a CPU-only PyTorch.
 
 torchvision from PyPI is a CUDA build: with the CPU torch, `import torchvision` fails while it
 registers its fake CUDA kernels (`operator torchvision::nms does not exist`). Putting an empty module

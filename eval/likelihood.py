@@ -4,8 +4,8 @@ Observation model: p(x|z) = N(x; D(z), sigma^2 I) with sigma^2 = 1 / (2 beta_rec
 
     -log p(x|z) = beta_rec ||x - D(z)||^2 + (d/2) log(pi / beta_rec)
 
-The first term is exactly the training objective's beta_rec-weighted summed squared error (DESIGN.md 2,
-`train.objectives.reconstruction_error`); the constant (d/2) log(2 pi sigma^2) = (d/2) log(pi / beta_rec),
+The first term is exactly the training objective's beta_rec-weighted summed squared error
+(`sivae.core.elbo.reconstruction_error`); the constant (d/2) log(2 pi sigma^2) = (d/2) log(pi / beta_rec),
 d = C*H*W, is included so that the estimates are log-densities of x in the [-1, 1] pixel scale, in nats.
 Prior p(z) = N(0, I); q(z|x) = N(mu, diag(exp(logvar))) from the encoder.
 

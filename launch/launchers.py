@@ -90,7 +90,7 @@ def launcher_command(launch: Launch) -> list[str]:
 def launcher_env(launch: Launch, cuda: bool) -> dict[str, str]:
     """Variables the launcher needs beyond the caller's environment."""
     if launch.launcher == "accelerate" and not cuda:
-        return {"ACCELERATE_USE_CPU": "true"}  # its --multi_gpu on CPU: gloo processes (DESIGN.md 5)
+        return {"ACCELERATE_USE_CPU": "true"}  # its --multi_gpu on CPU: gloo processes
     return {}
 
 

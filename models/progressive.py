@@ -2,7 +2,7 @@
 
 Level `lod` works on images of `4 * 2**lod` pixels (lod 0 = 4px, 6 = 256px, 8 = 1024px). While a
 new level fades in, its blend rises from 0 to 1: the networks mix the new level's path with the
-previous level's (DESIGN.md 3), and the real images are mixed the same way, so that at blend = 0
+previous level's, and the real images are mixed the same way, so that at blend = 0
 everything is the previous level's function seen through nearest-neighbour upsampling.
 """
 

@@ -1,4 +1,4 @@
-"""A real one-node Slurm cluster on loopback for tests (DESIGN.md 6): munged, slurmctld and slurmd from
+"""A real one-node Slurm cluster on loopback for tests: munged, slurmctld and slurmd from
 Debian's packages, started here by pid with a private config and state directory, stopped by pid.
 
 `make test` installs the packages where it is root with apt-get; elsewhere `unavailable()` says why the

@@ -70,7 +70,7 @@ def test_flop_counter_matches_the_analytic_count(lod):
 
 
 def test_reference_parameter_counts_of_ffhq256():
-    # DESIGN.md 3, measured on the reference code: 53.9M in all, encoder 26.8M, decoder 24.0M,
+    # Measured on the reference code: 53.9M in all, encoder 26.8M, decoder 24.0M,
     # z -> w 2.10M, w -> (mu, logvar) 1.05M; active at 4px 12.3M, at 16px 35.4M, at 64px 51.8M;
     # the same design at 1024px 77.0M. The exact totals below are counted by hand from the layer list.
     cfg = ModelConfig()

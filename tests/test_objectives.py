@@ -1,4 +1,4 @@
-"""The objectives against values worked out by hand (DESIGN.md 2, 2.1, 2.2)."""
+"""The objectives against values worked out by hand (the paper's eqs. and the reference code's minimised form)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Gradient-flow and freeze rules of the training steps (DESIGN.md 2.1), on the MLP model."""
+"""Gradient-flow and freeze rules of the training steps, on the MLP model."""
 
 import pytest
 import torch

@@ -28,7 +28,7 @@ class ObjectiveConfig:
     beta_kl: float = 1.0
     beta_neg: float = 1.0
     gamma_r: float = 1e-8
-    # s of DESIGN.md 2: null means 1 / input_dim (C*H*W) at the model's top resolution for every level
+    # s, the scale of the ELBO inside the exp terms: null means 1 / input_dim (C*H*W) at the model's top resolution for every level
     # (the reference's fixed s); scale_per_resolution uses the current level's input_dim instead.
     scale: float | None = None
     scale_per_resolution: bool = False

@@ -271,7 +271,7 @@ class Trainer:
         return self.cfg.objective if beta_neg is None else dataclasses.replace(self.cfg.objective, beta_neg=beta_neg)
 
     def loss_scale(self, pos: Position) -> float:
-        """s of DESIGN.md 2: fixed at the top resolution by default (as the reference), or per level."""
+        """The loss scale s (1 / input_dim): fixed at the top resolution by default (as the reference), or per level."""
         objective = self.cfg.objective
         if objective.scale is not None:
             return objective.scale

@@ -2,7 +2,7 @@
 
 8gaussians follows the reference code's own sampler (centres on a circle of radius 2, sigma 0.02,
 everything divided by 1.414); the other three are the usual normalizing-flow toy samplers.
-`half_range` is c in DESIGN.md 2.3: data, plots and metrics live on [-2c, 2c]^2.
+`half_range` is c: data, plots and metrics live on [-2c, 2c]^2.
 """
 
 from __future__ import annotations

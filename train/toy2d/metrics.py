@@ -1,4 +1,4 @@
-"""Sample-based metrics of the 2D study (DESIGN.md 2.3), as pure functions on arrays.
+"""Sample-based metrics of the 2D study, as pure functions on arrays.
 
 `kl`/`jsd` are the textbook divergences of epsilon-smoothed normalised histograms (masses, in
 nats). `kl_ref`/`jsd_ref` reproduce the reference code's conventions so numbers compare with

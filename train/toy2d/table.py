@@ -90,7 +90,7 @@ def write_report(results: dict[tuple[str, str], dict], out: Path) -> Path:
         "",
         f"Written {time.strftime('%Y-%m-%d %H:%M')} by `sivae toy2d --all`. KL = KL(p_data || p_model) and JSD",
         "of epsilon-smoothed 100x100 histogram masses of 5000 real and 5000 generated points (nats);",
-        "kl_ref / jsd_ref with the reference code's conventions (DESIGN.md 2.3); gnELBO is the",
+        "kl_ref / jsd_ref with the reference code's conventions (its log base and smoothing); gnELBO is the",
         "grid-normalised negative ELBO (lower is better for all five).",
         "",
         "| dataset | objective | KL | JSD | gnELBO | kl_ref | jsd_ref | iters | it/s | minutes |",
