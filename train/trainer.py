@@ -26,7 +26,7 @@ from sivae.core.schedule import Position, position, schedule_kimg
 from sivae.core.snapshot import write_snapshot
 from sivae.data_pipeline.loader import TrainStream, eval_batches
 from sivae.data_pipeline.manifest import load_manifest
-from sivae.models import build_model, fade_real_images
+from sivae.models import Model, build_model, fade_real_images
 from sivae.train.accelerate_backend import AccelerateBackend
 from sivae.train.backend import Backend, LocalBackend
 from sivae.train.ema import ema_beta, update_ema
@@ -45,7 +45,7 @@ class Progress:
     level: int = -1  # schedule index of the current level (-1: none yet)
     level_iterations: int = 0  # iterations at the current level: the data stream's position
     rollbacks: int = 0
-    skipped_updates: dict[str, int] = field(default_factory=lambda: {"encoder": 0, "decoder": 0, "both": 0})
+    skipped_updates: dict[str, int] = field(default_factory=dict)  # per phase of the objective (and warm-up)
     skipped_samples: int = 0  # unreadable samples the data stream replaced
     data_digest: str = ""  # the manifest digest of the data trained on
 
@@ -61,13 +61,14 @@ def check_data(cfg: RunConfig) -> None:
         manifest.check("train", level.resolution)
 
 
-def make_optimizers(model: torch.nn.Module, cfg: RunConfig) -> dict[str, torch.optim.Optimizer]:
+def make_optimizers(model: Model, cfg: RunConfig) -> dict[str, torch.optim.Optimizer]:
+    """An Adam per network of the model."""
     t = cfg.train
     return {
         name: torch.optim.Adam(
-            getattr(model, name).parameters(), lr=t.schedule[0].lr, betas=tuple(t.optimizer.betas), eps=t.optimizer.eps
+            model.network(name).parameters(), lr=t.schedule[0].lr, betas=tuple(t.optimizer.betas), eps=t.optimizer.eps
         )
-        for name in ("encoder", "decoder")
+        for name in model.networks
     }
 
 
@@ -92,8 +93,8 @@ class Trainer:
         self.backend = self.make_backend(accelerator)
         self.ema.load_state_dict(self.model.state_dict())
         if t.compile:
-            self.model.encoder.compile()
-            self.model.decoder.compile()
+            for name in self.model.networks:
+                self.model.network(name).compile()
         self.progress = Progress()
         self.stream = None
         self.stop_requested = False
@@ -189,7 +190,7 @@ class Trainer:
 
         if self.logger and crossed(t.log_every_kimg):
             self.progress.skipped_updates = dict(self.backend.skipped)
-            lr = self.optimizers["encoder"].param_groups[0]["lr"]
+            lr = next(iter(self.optimizers.values())).param_groups[0]["lr"]  # set_lr gives all the same
             self.logger.write_scalars(now, pos, lr, self.progress, self._memory_bytes())
         if crossed(t.sample_every_kimg):
             self.save_samples(pos)
@@ -337,8 +338,7 @@ class Trainer:
                 lod=pos.lod,
                 blend=pos.blend,
                 resolution=pos.resolution,
-                encoder=self.ema.encoder.state_dict(),
-                decoder=self.ema.decoder.state_dict(),
+                networks={name: self.ema.network(name).state_dict() for name in self.ema.networks},
             )
 
     @torch.no_grad()
