@@ -3,15 +3,16 @@
 Layout, one directory per checkpoint beside (never mixed with) the single-file checkpoints:
 
     RUN/checkpoints/ckpt-<images, 12 digits>/
-        encoder/   decoder/        each engine's save_checkpoint (tag = the net), written by every rank:
+        <network>/ ...             one per network of the model (encoder/ decoder/ for the VAE): each
+                                   engine's save_checkpoint (tag = the network), written by every rank:
                                    mp_rank_00_model_states.pt (module weights, client state) and, under
                                    ZeRO 1/2, one zero_pp_rank_<r>_mp_rank_00_optim_states.pt per rank
-        complete                   JSON {images, world_size, zero_stage}, written atomically by rank 0
-                                   after every rank finished: without it the directory is an
+        complete                   JSON {images, world_size, zero_stage, networks}, written atomically
+                                   by rank 0 after every rank finished: without it the directory is an
                                    interrupted write and nothing reads it
 
 The trainer's state (progress, EMA weights, every rank's RNG state, the resolved config) is the
-encoder engine's client state under the key `CLIENT_KEY` of its model-states file.
+client state of the first network's engine under the key `CLIENT_KEY` of its model-states file.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from sivae.core.fileio import atomic_write_text
 CLIENT_KEY = "sivae"
 COMPLETE = "complete"
 MODEL_STATES = "mp_rank_00_model_states.pt"
-NETS = ("encoder", "decoder")
+VAE_NETWORKS = ("encoder", "decoder")  # the networks of markers written before they were recorded
 _NAME = re.compile(r"^ckpt-(\d{12})$")
 
 
@@ -38,12 +39,17 @@ def checkpoint_dir(directory: Path, images: int) -> Path:
     return Path(directory) / f"ckpt-{images:012d}"
 
 
+def is_checkpoint_dir(path: Path) -> bool:
+    """Whether `path` is a directory named as this module names checkpoints (complete or not)."""
+    return Path(path).is_dir() and bool(_NAME.match(Path(path).name))
+
+
 def is_complete(path: Path) -> bool:
     return (Path(path) / COMPLETE).is_file()
 
 
-def mark_complete(path: Path, images: int, world_size: int, zero_stage: int) -> None:
-    record = {"images": images, "world_size": world_size, "zero_stage": zero_stage}
+def mark_complete(path: Path, images: int, world_size: int, zero_stage: int, networks: tuple[str, ...]) -> None:
+    record = {"images": images, "world_size": world_size, "zero_stage": zero_stage, "networks": list(networks)}
     atomic_write_text(Path(path) / COMPLETE, json.dumps(record) + "\n")
 
 
@@ -52,6 +58,11 @@ def read_marker(path: Path) -> dict[str, Any]:
         return json.loads((Path(path) / COMPLETE).read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable completion marker ({exc})") from None
+
+
+def networks_of(marker: dict[str, Any]) -> tuple[str, ...]:
+    """The networks (engine subdirectories) of a checkpoint, from its completion marker."""
+    return tuple(marker.get("networks", VAE_NETWORKS))
 
 
 def list_checkpoint_dirs(directory: Path) -> list[Path]:
@@ -86,7 +97,7 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not is_complete(path):
         raise CheckpointError(f"{path}: not a complete checkpoint (no '{COMPLETE}' marker: an interrupted write?)")
-    states = path / "encoder" / MODEL_STATES
+    states = path / networks_of(read_marker(path))[0] / MODEL_STATES
     try:
         saved = torch.load(states, map_location="cpu", weights_only=True)
     except Exception as exc:  # missing, truncated or foreign: all mean "not usable"

@@ -1,8 +1,10 @@
 """Inference snapshots: the contract between the trainer and the eval package.
 
-A snapshot holds the EMA encoder and decoder, the resolved run config and where training stood
-(images, kimg, level, blend). It is written atomically, then a `.ready` marker beside it says it
-is complete; readers ignore snapshots without a marker.
+A snapshot holds the EMA weights of every network of the model (`networks`: name -> state dict),
+the resolved run config and where training stood (images, kimg, level, blend). Snapshots written
+before `networks` held the VAE's two under `encoder` and `decoder`; readers accept both. It is
+written atomically, then a `.ready` marker beside it says it is complete; readers ignore snapshots
+without a marker.
 """
 
 from __future__ import annotations
@@ -39,8 +41,7 @@ def write_snapshot(
     lod: int,
     blend: float,
     resolution: int,
-    encoder: dict[str, torch.Tensor],
-    decoder: dict[str, torch.Tensor],
+    networks: dict[str, dict[str, torch.Tensor]],
 ) -> Path:
     path = snapshot_path(directory, images)
     state = {
@@ -51,8 +52,7 @@ def write_snapshot(
         "blend": blend,
         "resolution": resolution,
         "config": config,
-        "encoder": {k: v.detach().cpu() for k, v in encoder.items()},
-        "decoder": {k: v.detach().cpu() for k, v in decoder.items()},
+        "networks": {name: {k: v.detach().cpu() for k, v in state.items()} for name, state in networks.items()},
     }
     atomic_write(path, lambda f: torch.save(state, f))
     atomic_write_text(ready_marker(path), f"{images}\n")

@@ -24,7 +24,7 @@ from sivae.core.checkpoint import CheckpointError
 from sivae.core.config import ConfigError, from_dict
 from sivae.core.schedule import LevelConfig, position
 from sivae.data_pipeline.config import DataConfig
-from sivae.models import VAE, build_model
+from sivae.models import Model, build_model
 from sivae.models.config import ModelConfig
 
 
@@ -47,7 +47,7 @@ class StoredConfig:
 
 @dataclass
 class LoadedModel:
-    model: VAE  # EMA weights, eval mode, no gradients, on the requested device
+    model: Model  # EMA weights of every network, eval mode, no gradients, on the requested device
     config: StoredConfig
     images: int  # training images seen when it was saved
     lod: int  # the level it was at: it generates and encodes images of `resolution` px
@@ -146,29 +146,45 @@ def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def inference_model(cfg: StoredConfig, encoder: dict[str, torch.Tensor], decoder: dict[str, torch.Tensor],
-                    device: torch.device, where: Path) -> VAE:
-    model = build_model(cfg.model)
+def inference_model(cfg: StoredConfig, networks: dict[str, dict[str, torch.Tensor]], device: torch.device,
+                    where: Path) -> Model:
+    """The stored config's model with the weights of each of its networks (`networks`: name -> state dict)."""
     try:
-        model.encoder.load_state_dict(_strip_wrappers(encoder))
-        model.decoder.load_state_dict(_strip_wrappers(decoder))
+        model = build_model(cfg.model)
+    except ValueError as exc:  # an architecture no registry here knows
+        raise LoadError(f"{where}: {exc}") from None
+    extra = sorted(set(networks) - set(model.networks))
+    if extra:
+        raise LoadError(f"{where}: holds networks {extra} that the stored config's model does not have")
+    try:
+        for name in model.networks:
+            model.network(name).load_state_dict(_strip_wrappers(networks[name]))
     except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
         raise LoadError(f"{where}: weights do not fit the stored config's model ({exc})") from None
     return model.to(device).eval().requires_grad_(False)
 
 
-def _split_vae_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    state = _strip_wrappers(state)
-    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    decoder = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
-    return encoder, decoder
+def _split_model_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """A whole model's state dict as one state dict per network (its keys' first component)."""
+    networks: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in _strip_wrappers(state).items():
+        name, _, rest = key.partition(".")
+        networks.setdefault(name, {})[rest] = value
+    return networks
+
+
+def _snapshot_networks(state: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+    """The networks of a snapshot: its `networks` mapping or, written before it, the VAE's `encoder` and `decoder`."""
+    if "networks" in state:
+        return state["networks"]
+    return {"encoder": state["encoder"], "decoder": state["decoder"]}
 
 
 def _load_snapshot(probe: Probe, device: torch.device) -> LoadedModel:
     state, path = probe.state, probe.path
     try:
         cfg = run_config(state["config"], path)
-        model = inference_model(cfg, state["encoder"], state["decoder"], device, path)
+        model = inference_model(cfg, _snapshot_networks(state), device, path)
         return LoadedModel(model, cfg, int(state["images"]), int(state["lod"]), float(state["blend"]),
                            int(state["resolution"]), path, "snapshot")
     except KeyError as exc:
@@ -183,8 +199,7 @@ def _from_trainer_state(state: dict[str, Any], path: Path, fmt: str, device: tor
     """The EMA networks of a checkpoint's trainer state, at the level its schedule and image count give."""
     try:
         cfg = run_config(state["config"], path)
-        encoder, decoder = _split_vae_state(state["ema"])
-        model = inference_model(cfg, encoder, decoder, device, path)
+        model = inference_model(cfg, _split_model_state(state["ema"]), device, path)
         images = int(state["progress"]["images"])
     except (KeyError, TypeError) as exc:
         raise LoadError(f"{path}: checkpoint lacks {exc}") from None
@@ -204,9 +219,9 @@ def _load_deepspeed(probe: Probe, device: torch.device) -> LoadedModel:
     """A checkpoint directory of the DeepSpeed backend (train.deepspeed_checkpoint): the EMA weights and
     position from the trainer state saved with it; DeepSpeed itself is not needed."""
     path = probe.path
-    if not (path / "encoder").is_dir():
+    if not (ds_checkpoint.is_complete(path) or ds_checkpoint.is_checkpoint_dir(path)):
         raise LoadError(f"{path}: a DeepSpeed checkpoint directory, but not one of `sivae train` "
-                        "(it has no encoder/ and decoder/ engine checkpoints)")  # fmt: skip
+                        "(neither a completion marker nor the name ckpt-<images>)")  # fmt: skip
     try:
         state = ds_checkpoint.read_trainer_state(path)
     except CheckpointError as exc:

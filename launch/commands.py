@@ -328,8 +328,8 @@ def main_convert(args: argparse.Namespace) -> int:
         return 1
     model = loaded.model
     path = write_snapshot(args.out, images=loaded.images, config=loaded.config.raw, lod=loaded.lod,
-                          blend=loaded.blend, resolution=loaded.resolution, encoder=model.encoder.state_dict(),
-                          decoder=model.decoder.state_dict())  # fmt: skip
+                          blend=loaded.blend, resolution=loaded.resolution,
+                          networks={name: model.network(name).state_dict() for name in model.networks})  # fmt: skip
     print(f"{args.checkpoint} ({loaded.format}, {loaded.kimg:g} kimg, {loaded.resolution}px) -> {path}")
     return 0
 

@@ -1,4 +1,8 @@
-"""The one interface every architecture implements, so trainer and eval never special-case one.
+"""The interfaces every architecture implements, so trainer and eval never special-case one.
+
+A `Model` names its trainable networks (`networks`, each an attribute nn.Module): the trainer makes an
+optimizer per network, the backends wrap, freeze, checkpoint and average each of them, snapshots store
+them by name. `VAE` is the image models' model: an encoder and a decoder.
 
 An encoder maps (x, lod, blend) -> (mu, logvar); a decoder maps (z, lod, blend, mixing) -> x.
 `lod` is the level of detail of progressive growing (0 = 4px) and `blend` the fade-in of
@@ -19,30 +23,22 @@ import torch
 from torch import Tensor, nn
 
 
-class VAE(nn.Module):
-    """An encoder and a decoder held together: the unit that checkpoints and eval handle."""
+class Model(nn.Module):
+    """Named networks held together: the unit that checkpoints, the EMA and eval handle. Subclasses set
+    `networks` and assign each name as a submodule; parameters outside them are not trained."""
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        *,
-        latent_dim: int,
-        data_shape: tuple[int, ...],
-        max_lod: int = 0,
-    ):
+    networks: tuple[str, ...] = ()
+
+    def __init__(self, *, latent_dim: int, data_shape: tuple[int, ...], max_lod: int = 0):
         super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
         self.latent_dim = latent_dim
         self.data_shape = tuple(data_shape)
         self.max_lod = max_lod
 
-    def encode(self, x: Tensor, lod: int | None = None, blend: float = 1.0) -> tuple[Tensor, Tensor]:
-        return self.encoder(x, lod, blend)
-
-    def decode(self, z: Tensor, lod: int | None = None, blend: float = 1.0, mixing: bool = False) -> Tensor:
-        return self.decoder(z, lod, blend, mixing)
+    def network(self, name: str) -> nn.Module:
+        if name not in self.networks:
+            raise KeyError(f"{type(self).__name__} has no network {name!r} (it has {', '.join(self.networks)})")
+        return getattr(self, name)
 
     def data_shape_at(self, lod: int | None = None) -> tuple[int, ...]:
         """Shape of one sample at level `lod` (images halve per level below the top)."""
@@ -54,6 +50,31 @@ class VAE(nn.Module):
 
     def input_dim(self, lod: int | None = None) -> int:
         return math.prod(self.data_shape_at(lod))
+
+
+class VAE(Model):
+    """An encoder and a decoder."""
+
+    networks = ("encoder", "decoder")
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        *,
+        latent_dim: int,
+        data_shape: tuple[int, ...],
+        max_lod: int = 0,
+    ):
+        super().__init__(latent_dim=latent_dim, data_shape=data_shape, max_lod=max_lod)
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def encode(self, x: Tensor, lod: int | None = None, blend: float = 1.0) -> tuple[Tensor, Tensor]:
+        return self.encoder(x, lod, blend)
+
+    def decode(self, z: Tensor, lod: int | None = None, blend: float = 1.0, mixing: bool = False) -> Tensor:
+        return self.decoder(z, lod, blend, mixing)
 
     @torch.no_grad()
     def sample(

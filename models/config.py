@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from sivae.core.config import require
-
-Architecture = Literal["style", "standard", "mlp"]
+from sivae.models.registry import ARCHITECTURES
 
 
 def _power_of_two(n: int) -> bool:
@@ -16,7 +14,7 @@ def _power_of_two(n: int) -> bool:
 
 @dataclass
 class ModelConfig:
-    arch: Architecture = "style"
+    arch: str = "style"  # a name in models.registry.ARCHITECTURES
     max_resolution: int = 256  # images are max_resolution x max_resolution (ignored by mlp)
     image_channels: int = 3
     latent_dim: int = 512
@@ -48,6 +46,8 @@ class ModelConfig:
     hidden_layers: int = 3
 
     def __post_init__(self) -> None:
+        require(self.arch in ARCHITECTURES, "arch", f"must be one of {' | '.join(map(repr, ARCHITECTURES))}, "
+                                                    f"got {self.arch!r}")  # fmt: skip
         require(self.latent_dim > 0, "latent_dim", "must be > 0")
         require(self.image_channels > 0, "image_channels", "must be > 0")
         require(0.0 <= self.style_mixing_prob <= 1.0, "style_mixing_prob", "must be in [0, 1]")

@@ -72,4 +72,4 @@ def tiny_snapshot(directory: Path, data: Path, *, images: int = 5000, seed: int 
     cfg = tiny_run_config(data, model)
     lod = model.max_lod if lod is None else lod
     return write_snapshot(directory, images=images, config=to_dict(cfg), lod=lod, blend=1.0, resolution=4 * 2**lod,
-                          encoder=vae.encoder.state_dict(), decoder=vae.decoder.state_dict())
+                          networks={"encoder": vae.encoder.state_dict(), "decoder": vae.decoder.state_dict()})

@@ -64,7 +64,7 @@ def final_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
         state = checkpoint.latest(directory)[1]
         return state["model"], state
     weights = {}
-    for net in ds_ckpt.NETS:
+    for net in ds_ckpt.networks_of(ds_ckpt.read_marker(newest)):
         saved = torch.load(newest / net / ds_ckpt.MODEL_STATES, map_location="cpu", weights_only=True)
         weights.update({f"{net}.{k}": v for k, v in saved["module"].items()})
     return weights, ds_ckpt.read_trainer_state(newest)

@@ -74,7 +74,7 @@ def test_unusable_files_are_one_clear_error(tmp_path, damage):
     else:
         state = torch.load(path, weights_only=True)
         if damage == "missing-key":
-            del state["decoder"]
+            del state["networks"]["decoder"]
         else:
             state["config"]["model"]["latent_dim"] = 32  # the weights are of a latent-8 model
         torch.save(state, path)
@@ -90,7 +90,7 @@ def test_missing_paths_and_deepspeed_directories_are_reported(tmp_path):
     (ds / "latest").write_text("global_step10")
     (ds / "global_step10" / "mp_rank_00_model_states.pt").write_bytes(b"")
     with pytest.raises(LoadError, match=r"DeepSpeed checkpoint directory, but not one of `sivae train`"):
-        load_model(ds)  # a foreign DeepSpeed directory (ours hold encoder/ and decoder/ engine checkpoints)
+        load_model(ds)  # a foreign DeepSpeed directory (ours are named ckpt-<images> and marked complete)
     with pytest.raises(LoadError, match="unsupported format"):
         load_model(tmp_path)  # a plain directory
 

@@ -178,7 +178,7 @@ def test_injected_nan_is_skipped_and_counted(tmp_path, digits16, monkeypatch):
     run_dir = tmp_path / "nan"
     assert run_training(run_dir, digits16, "train.total_kimg=0.256") == 0
     progress = final_state(run_dir)["progress"]
-    assert progress["skipped_updates"] == {"encoder": 1, "decoder": 1, "both": 0}
+    assert progress["skipped_updates"] == {"vae": 0, "encoder": 1, "decoder": 1}
     assert scalars(run_dir)["skipped_updates/encoder"][-1] == 1
 
 

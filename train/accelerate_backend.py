@@ -1,8 +1,8 @@
 """The Accelerate (DDP) backend.
 
 Accelerate starts the processes (`accelerate launch`), joins the process group and places the
-device; the training step stays the one of train.steps. Each network is wrapped in its own DDP
-(the trainer updates them separately). The frozen net of a phase is called bare, so DDP never
+device; the training step stays the one of train.steps. Each of the model's networks is wrapped in
+its own DDP (phases update them separately). The frozen networks of a phase are called bare, so DDP never
 waits for gradients it cannot get; parameters of inactive levels are found unused each step.
 Autocast and loss scaling stay ours (Accelerator(mixed_precision="no")), so every backend
 computes the same arithmetic.
@@ -11,13 +11,12 @@ computes the same arithmetic.
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from sivae.core.distributed import DistEnv, all_true
-from sivae.models.base import VAE
+from sivae.models.base import Model
 from sivae.train.backend import LocalBackend, Precision
 
 
@@ -26,7 +25,7 @@ class AccelerateBackend(LocalBackend):
 
     def __init__(
         self,
-        model: VAE,
+        model: Model,
         optimizers: dict[str, torch.optim.Optimizer],
         accelerator,
         *,
@@ -37,20 +36,18 @@ class AccelerateBackend(LocalBackend):
         self.accelerator = accelerator
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
         self.wrapped: dict[str, nn.Module] = {
-            name: accelerator.prepare_model(getattr(model, name), device_placement=True)
-            for name in ("encoder", "decoder")
+            name: accelerator.prepare_model(model.network(name), device_placement=True) for name in model.networks
         }
 
-    def callable(self, name: Literal["encoder", "decoder"]) -> nn.Module:
-        trains = self.trainable in (name, "both")
-        return self.wrapped[name] if trains else getattr(self.model, name)
+    def callable(self, name: str) -> nn.Module:
+        return self.wrapped[name] if name in self.updating else self.model.network(name)
 
     def accumulating(self, last: bool) -> contextlib.AbstractContextManager:
         if last:
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
-        for name in ("encoder", "decoder"):
-            if self.trainable in (name, "both") and hasattr(self.wrapped[name], "no_sync"):
+        for name in self.updating:
+            if hasattr(self.wrapped[name], "no_sync"):
                 stack.enter_context(self.wrapped[name].no_sync())
         return stack
 

@@ -9,9 +9,14 @@ state inside). `LocalBackend` is the plain single process on a CPU or one GPU wi
 checkpoints; `train.distributed.AccelerateBackend` subclasses it, `train.deepspeed_backend` has
 DeepSpeed's engines and checkpoint directories.
 
-Freezing follows DESIGN.md 2.1: in the encoder phase the decoder's parameters stop requiring
-gradients but gradients still flow *through* it into the encoder, and vice versa. The frozen net
-is called unwrapped (DDP and DeepSpeed then do not wait for gradients it will never produce).
+The backend works over the model's networks (`model.networks`): one optimizer each, a wrapper each in
+the distributed backends, and `forward(name, ...)` for any of them; `encode` / `decode` / `generate`
+are the image VAE's conveniences. An objective's phase (train.phases) trains some networks:
+`train_only(phase)` makes the others stop requiring gradients, yet gradients still flow *through*
+them (Soft-IntroVAE's encoder phase reaches the encoder through the frozen decoder, and vice
+versa); a frozen network is called unwrapped, so DDP and DeepSpeed do not wait for gradients it
+will never produce. Each phase has its own gradient scaler and count of skipped updates: one
+backward cannot be scaled by two factors, and an overflow in one phase says nothing of another.
 """
 
 from __future__ import annotations
@@ -26,31 +31,32 @@ from torch import Tensor, nn
 
 from sivae.core import checkpoint
 from sivae.core.distributed import barrier, broadcast_object
-from sivae.models.base import VAE
+from sivae.models.base import Model
+from sivae.train.phases import Phase
 
-Net = Literal["encoder", "decoder", "both"]
 Precision = Literal["fp32", "bf16", "fp16"]
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Backend:
-    """Forward passes at the current level, the trainable-net phase, and guarded updates."""
+    """Forward passes at the current level, the phase's trainable networks, and guarded updates."""
 
-    model: VAE
+    model: Model
     device: torch.device
     precision: Precision
     rank: int = 0
     world_size: int = 1
-    optimizers: dict[str, torch.optim.Optimizer]  # per net; their param_groups carry the learning rate
+    optimizers: dict[str, torch.optim.Optimizer]  # per network; their param_groups carry the learning rate
 
-    def __init__(self, model: VAE, device: torch.device, precision: Precision = "fp32"):
+    def __init__(self, model: Model, device: torch.device, precision: Precision = "fp32"):
         self.model = model
         self.device = device
         self.precision = precision
         self.lod: int | None = None
         self.blend: float = 1.0
-        self.trainable: Net = "both"
-        self.skipped = {"encoder": 0, "decoder": 0, "both": 0}
+        self.phase = ""  # the name of the phase running now ("" outside one)
+        self.updating: tuple[str, ...] = model.networks  # the networks that train now
+        self.skipped: dict[str, int] = {}  # per phase, from its first update on
         self.consecutive_skips = 0
 
     @property
@@ -61,18 +67,21 @@ class Backend:
         self.lod, self.blend = lod, float(blend)
 
     # ---- forward passes -------------------------------------------------------------------
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Network `name` applied to the arguments, in the run's precision: wrapped when it trains, bare
+        when it is frozen."""
         with self.autocast():
-            return self.callable("encoder")(x, self.lod, self.blend)
+            return self.callable(name)(*args, **kwargs)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.forward("encoder", x, self.lod, self.blend)
 
     def decode(self, z: Tensor) -> Tensor:
-        with self.autocast():
-            return self.callable("decoder")(z, self.lod, self.blend, False)
+        return self.forward("decoder", z, self.lod, self.blend, False)
 
     def generate(self, z_prior: Tensor) -> Tensor:
         """Decode prior samples (style mixing allowed, unlike reconstructions)."""
-        with self.autocast():
-            return self.callable("decoder")(z_prior, self.lod, self.blend, True)
+        return self.forward("decoder", z_prior, self.lod, self.blend, True)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         dtype = AUTOCAST_DTYPES[self.precision]
@@ -80,42 +89,47 @@ class Backend:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def callable(self, name: Literal["encoder", "decoder"]) -> nn.Module:
+    def callable(self, name: str) -> nn.Module:
         """The module to call for `name`: wrapped when it trains, bare when it is frozen."""
-        return getattr(self.model, name)
+        return self.model.network(name)
 
     # ---- phases and updates ---------------------------------------------------------------
     @contextlib.contextmanager
-    def train_only(self, net: Net) -> Iterator[None]:
-        """Within the block only `net` has trainable parameters."""
-        self.trainable = net
-        self.model.encoder.requires_grad_(net in ("encoder", "both"))
-        self.model.decoder.requires_grad_(net in ("decoder", "both"))
+    def train_only(self, phase: Phase | str) -> Iterator[None]:
+        """Within the block only the networks `phase` updates have trainable parameters (a network's name
+        stands for a phase of that name updating it alone)."""
+        name, updates = (phase, (phase,)) if isinstance(phase, str) else (phase.name, phase.updates)
+        unknown = [n for n in updates if n not in self.model.networks]
+        if unknown:
+            raise ValueError(f"phase {name!r} updates {unknown}, which the model does not have "
+                             f"(its networks: {', '.join(self.model.networks)})")  # fmt: skip
+        self.phase, self.updating = name, tuple(updates)
+        for net in self.model.networks:
+            self.model.network(net).requires_grad_(net in updates)
         try:
             yield
         finally:
-            self.trainable = "both"
+            self.phase, self.updating = "", self.model.networks
 
     def accumulating(self, last: bool) -> contextlib.AbstractContextManager:
         """Wraps one micro-batch's forward and backward; gradients are synchronised across
         processes only on the last micro-batch of an update."""
         return contextlib.nullcontext()
 
-    def backward(self, net: Net, loss: Tensor) -> None:
-        """Accumulate the gradient of one micro-batch's (already averaged) loss into `net`."""
+    def backward(self, phase: str, loss: Tensor) -> None:
+        """Accumulate the gradient of one micro-batch's (already averaged) loss of `phase` into the
+        networks that train now."""
         raise NotImplementedError
 
-    def step(self, net: Net) -> bool:
-        """Apply the accumulated gradients of `net`, unless a loss or gradient was non-finite (then
-        count the skip). Clears the gradients either way; returns whether the update was applied."""
+    def step(self, phase: str) -> bool:
+        """Apply the accumulated gradients of the networks that train now, unless a loss or gradient was
+        non-finite (then count the skip against `phase`). Clears the gradients either way; returns whether
+        the update was applied."""
         raise NotImplementedError
 
-    def record(self, net: Net, applied: bool) -> bool:
-        if applied:
-            self.consecutive_skips = 0
-        else:
-            self.skipped[net] += 1
-            self.consecutive_skips += 1
+    def record(self, phase: str, applied: bool) -> bool:
+        self.skipped[phase] = self.skipped.get(phase, 0) + (not applied)
+        self.consecutive_skips = 0 if applied else self.consecutive_skips + 1
         return applied
 
     # ---- levels and checkpoints -----------------------------------------------------------
@@ -139,7 +153,7 @@ class Backend:
 
 
 class LocalBackend(Backend):
-    """One process, CPU or one GPU; an optimizer and a gradient scaler per network.
+    """One process, CPU or one GPU; an optimizer per network and a gradient scaler per phase.
 
     Checkpoints are single files (train.checkpoint) holding the trainer state plus `model`,
     `optimizers` and `scalers`; with several processes rank 0 writes them and broadcasts them on restore.
@@ -147,7 +161,7 @@ class LocalBackend(Backend):
 
     def __init__(
         self,
-        model: VAE,
+        model: Model,
         optimizers: dict[str, torch.optim.Optimizer],
         *,
         device: torch.device | str = "cpu",
@@ -155,30 +169,30 @@ class LocalBackend(Backend):
         grad_clip: float | None = None,
     ):
         super().__init__(model, torch.device(device), precision)
-        if set(optimizers) != {"encoder", "decoder"}:
-            raise ValueError("optimizers must be given for exactly 'encoder' and 'decoder'")
+        if set(optimizers) != set(model.networks):
+            raise ValueError(f"optimizers must be given for exactly the model's networks "
+                             f"({', '.join(model.networks)}), got {', '.join(optimizers)}")  # fmt: skip
         self.optimizers = optimizers
         self.grad_clip = grad_clip
-        # One scaler per update kind: the encoder and decoder adversarial updates, and the joint
-        # VAE warm-up update (one backward cannot be scaled by two different factors).
-        enabled = precision == "fp16"
-        self.scalers = {k: torch.amp.GradScaler(self.device.type, enabled=enabled) for k in self.skipped}
+        self.scalers: dict[str, torch.amp.GradScaler] = {}  # per phase, from its first update on
         self._losses_finite: Tensor | None = None
 
-    def _optimizers(self, net: Net) -> list[torch.optim.Optimizer]:
-        return list(self.optimizers.values()) if net == "both" else [self.optimizers[net]]
+    def scaler(self, phase: str) -> torch.amp.GradScaler:
+        if phase not in self.scalers:
+            self.scalers[phase] = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        return self.scalers[phase]
 
-    def backward(self, net: Net, loss: Tensor) -> None:
+    def backward(self, phase: str, loss: Tensor) -> None:
         finite = torch.isfinite(loss.detach())  # a device tensor: read once, at step time
         self._losses_finite = finite if self._losses_finite is None else self._losses_finite & finite
-        self.scalers[net].scale(loss).backward()
+        self.scaler(phase).scale(loss).backward()
 
     def agree(self, flag: Tensor) -> bool:
         """Whether `flag` holds (on every process, for the distributed backends)."""
         return bool(flag)
 
-    def step(self, net: Net) -> bool:
-        optimizers, scaler = self._optimizers(net), self.scalers[net]
+    def step(self, phase: str) -> bool:
+        optimizers, scaler = [self.optimizers[name] for name in self.updating], self.scaler(phase)
         for opt in optimizers:
             scaler.unscale_(opt)
         params = [p for opt in optimizers for g in opt.param_groups for p in g["params"] if p.grad is not None]
@@ -197,7 +211,7 @@ class LocalBackend(Backend):
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         self._losses_finite = None
-        return self.record(net, applied)
+        return self.record(phase, applied)
 
     # ---- single-file checkpoints ----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -211,8 +225,9 @@ class LocalBackend(Backend):
         self.model.load_state_dict(state["model"])
         for k, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
-        for k, scaler in self.scalers.items():
-            scaler.load_state_dict(state["scalers"][k])
+        self.scalers = {}  # a phase that had not run by then starts afresh, as it did
+        for phase, saved in state["scalers"].items():
+            self.scaler(phase).load_state_dict(saved)
 
     def save_checkpoint(self, directory: Path, images: int, trainer_state: dict[str, Any], keep: int) -> None:
         if self.rank == 0:

@@ -29,10 +29,14 @@ def main(args: argparse.Namespace) -> int:
     from sivae.core.config import ConfigError, load_config
     from sivae.core.distributed import launched_by_distributed_launcher, leave_process_group
     from sivae.train.exit_codes import EXIT_DIVERGED, EXIT_PREEMPTED
+    from sivae.train.phases import OBJECTIVES
     from sivae.train.schema import RunConfig
     from sivae.train.trainer import Trainer, TrainingDiverged, check_data
 
     cfg = load_config(RunConfig, args.config, args.overrides)
+    if cfg.objective.name not in OBJECTIVES:  # the trainer's import of train.steps registered the built-in ones
+        raise ConfigError("objective.name", f"must be one of {' | '.join(map(repr, OBJECTIVES))}, "
+                                            f"got {cfg.objective.name!r}")  # fmt: skip
     # the run directory records where the data is from anywhere (eval jobs start elsewhere)
     cfg.data.path = str(Path(cfg.data.path).resolve())
     check_data(cfg)

@@ -1,10 +1,10 @@
 """The DeepSpeed backend: one engine per network, ZeRO stages 0-2, checkpoint directories.
 
-Engines. The encoder and the decoder each get a DeepSpeed engine around the trainer's Adam (the
+Engines. Each of the model's networks gets a DeepSpeed engine around the trainer's Adam for it (the
 config's betas and eps; the level's learning rate is set on that optimizer's param_groups, which
-DeepSpeed's wrappers step). In a phase the trainable net is called through its engine, the frozen
-one through `engine.module` with requires_grad off: gradients flow through it, and its engine never
-waits for gradients it will not get.
+DeepSpeed's wrappers step). In a phase the trainable networks are called through their engines, the
+frozen ones through `engine.module` with requires_grad off: gradients flow through them, and their
+engines never wait for gradients they will not get.
 
 Accumulation. `accumulating(last)` sets the trainable engines' accumulation boundary explicitly
 (`set_gradient_accumulation_boundary`), so an engine accumulates -- and under ZeRO 2 reduces into
@@ -13,11 +13,12 @@ one; `set_layout` keeps DeepSpeed's micro-batch size and accumulation steps equa
 layout. `engine.backward(loss, scale_wrt_gas=False)`: the step code already divides by the number
 of micro-batches.
 
-The joint update (VAE warm-up: one loss, both nets). Each engine has to run its own backward. The
-encoder's outputs therefore enter the rest of the graph as leaves: the decoder engine's backward
-fills the decoder's gradients and the leaves', then the encoder engine's backward continues from
-there through the surrogate sum(<output, leaf gradient>), whose gradient is exactly the chain rule's.
-(This needs the encoder's input not to depend on the decoder, which holds in the VAE loss.)
+The joint update (VAE warm-up: one loss, the encoder and the decoder). Each engine has to run its own
+backward. The encoder's outputs therefore enter the rest of the graph as leaves: the decoder engine's
+backward fills the decoder's gradients and the leaves', then the encoder engine's backward continues
+from there through the surrogate sum(<output, leaf gradient>), whose gradient is exactly the chain
+rule's. (This needs the encoder's input not to depend on the decoder, which holds in the VAE loss.)
+Other phases must each update one network.
 
 Precision. fp32 and bf16: the engines hold fp32 parameters and the backend's autocast computes in
 bf16, the same arithmetic as the other backends. DeepSpeed's own bf16 mode would turn the module's
@@ -45,7 +46,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -55,11 +56,11 @@ from sivae.core import deepspeed_checkpoint as ds_ckpt
 from sivae.core.checkpoint import CheckpointError
 from sivae.core.config import ConfigError, merge
 from sivae.core.distributed import DistEnv, all_true, barrier, broadcast_object, default_device, free_port
-from sivae.models.base import VAE
-from sivae.train.backend import Backend, Net, Precision
+from sivae.models.base import Model
+from sivae.train.backend import Backend, Precision
 from sivae.train.schema import DeepSpeedConfig
 
-NETS = ds_ckpt.NETS
+JOINT = ds_ckpt.VAE_NETWORKS  # the one set of networks a single phase may update together
 
 
 def deepspeed_config(
@@ -131,11 +132,11 @@ def deepspeed_env(device: str = "auto") -> DistEnv:
 
 
 class DeepSpeedBackend(Backend):
-    """Data parallel training through two DeepSpeed engines (encoder, decoder)."""
+    """Data parallel training through a DeepSpeed engine per network."""
 
     def __init__(
         self,
-        model: VAE,
+        model: Model,
         optimizers: dict[str, torch.optim.Optimizer],
         env: DistEnv,
         settings: DeepSpeedConfig,
@@ -155,24 +156,30 @@ class DeepSpeedBackend(Backend):
         config = deepspeed_config(settings, precision=precision, grad_clip=grad_clip, micro_batch=micro_batch,
                                   accumulation=accumulation, world_size=env.world_size)  # fmt: skip
         self.engines = {
-            name: deepspeed.initialize(model=getattr(model, name), optimizer=optimizers[name],
+            name: deepspeed.initialize(model=model.network(name), optimizer=optimizers[name],
                                        config=copy.deepcopy(config), dist_init_required=False)[0]
-            for name in NETS
+            for name in model.networks
         }  # fmt: skip
         # ZeRO 0 in fp32/bf16 steps the plain Adam, which has no overflow check of its own
         self.checks_finiteness_itself = self.zero_stage == 0 and precision != "fp16"
         self._cut: list[tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = []  # joint update: outputs, leaves
 
-    def _trainable(self) -> list[str]:
-        return list(NETS) if self.trainable == "both" else [self.trainable]
-
-    def callable(self, name: Literal["encoder", "decoder"]) -> nn.Module:
+    def callable(self, name: str) -> nn.Module:
         engine = self.engines[name]
-        return engine if self.trainable in (name, "both") else engine.module
+        return engine if name in self.updating else engine.module
+
+    def _joint(self) -> bool:
+        if len(self.updating) == 1:
+            return False
+        if set(self.updating) != set(JOINT):
+            raise NotImplementedError(f"phase {self.phase!r} updates {', '.join(self.updating)} at once: under "
+                                      "DeepSpeed a phase updates one network, or the VAE's encoder and "
+                                      "decoder")  # fmt: skip
+        return True
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = super().encode(x)
-        if self.trainable != "both":
+        if not self._joint():
             return mu, logvar
         if x.requires_grad:
             raise RuntimeError("the joint update cuts the graph at the encoder's outputs, so the encoder's input "
@@ -182,13 +189,13 @@ class DeepSpeedBackend(Backend):
         return leaves
 
     def accumulating(self, last: bool) -> contextlib.AbstractContextManager:
-        for name in self._trainable():
+        for name in self.updating:
             self.engines[name].set_gradient_accumulation_boundary(last)
         return contextlib.nullcontext()
 
-    def backward(self, net: Net, loss: Tensor) -> None:
-        if net != "both":
-            self.engines[net].backward(loss, scale_wrt_gas=False)
+    def backward(self, phase: str, loss: Tensor) -> None:
+        if not self._joint():
+            self.engines[self.updating[0]].backward(loss, scale_wrt_gas=False)
             return
         decoder, encoder = self.engines["decoder"], self.engines["encoder"]
         decoder.backward(loss, scale_wrt_gas=False)
@@ -203,8 +210,8 @@ class DeepSpeedBackend(Backend):
     def agree(self, flag: Tensor) -> bool:
         return all_true(flag.to(self.device), self.world_size)
 
-    def step(self, net: Net) -> bool:
-        engines = [self.engines[name] for name in (NETS if net == "both" else (net,))]
+    def step(self, phase: str) -> bool:
+        engines = [self.engines[name] for name in self.updating]
         if self.checks_finiteness_itself:
             grads = [p.grad for e in engines for p in e.module.parameters() if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
@@ -217,7 +224,7 @@ class DeepSpeedBackend(Backend):
                 engine.step()
                 applied = applied and engine.was_step_applied()
         self._broadcast_buffers(engines)
-        return self.record(net, applied)
+        return self.record(phase, applied)
 
     def _broadcast_buffers(self, engines: list) -> None:
         """Rank 0's buffers (the decoder's tracked average w) on every rank, as DDP's broadcast_buffers does:
@@ -240,12 +247,13 @@ class DeepSpeedBackend(Backend):
         if self.rank == 0 and path.exists():
             shutil.rmtree(path)  # an interrupted write of this same checkpoint before a crash
         barrier(self.world_size)
+        first = self.model.networks[0]
         for name, engine in self.engines.items():
-            client = {ds_ckpt.CLIENT_KEY: trainer_state} if name == "encoder" else {}
+            client = {ds_ckpt.CLIENT_KEY: trainer_state} if name == first else {}
             engine.save_checkpoint(str(path), tag=name, client_state=client, save_latest=False)
         barrier(self.world_size)  # every rank's files are written
         if self.rank == 0:
-            ds_ckpt.mark_complete(path, images, self.world_size, self.zero_stage)
+            ds_ckpt.mark_complete(path, images, self.world_size, self.zero_stage, self.model.networks)
             ds_ckpt.prune(directory, keep)
         barrier(self.world_size)
 
@@ -264,12 +272,15 @@ class DeepSpeedBackend(Backend):
                 f"{path}: written by {marker['world_size']} processes under ZeRO {self.zero_stage}, which partitions "
                 f"the optimizer state per process; resume with {marker['world_size']} processes"
             )
+        if ds_ckpt.networks_of(marker) != self.model.networks:
+            raise CheckpointError(f"{path}: holds the networks {', '.join(ds_ckpt.networks_of(marker))}, this model "
+                                  f"has {', '.join(self.model.networks)}")  # fmt: skip
         trainer_state = None
         for net, engine in self.engines.items():
             loaded, client = engine.load_checkpoint(str(path), tag=net, load_optimizer_states=True,
                                                     load_lr_scheduler_states=False)  # fmt: skip
             if loaded is None:
                 raise CheckpointError(f"{path / net}: DeepSpeed could not load it")
-            if net == "encoder":
+            if net == self.model.networks[0]:
                 trainer_state = client[ds_ckpt.CLIENT_KEY]
         return name, trainer_state

@@ -11,7 +11,6 @@ from sivae.data_pipeline.config import DataConfig
 from sivae.models.config import ModelConfig
 from sivae.train.backend import Precision
 
-ObjectiveName = Literal["soft-intro", "intro", "vae"]
 # auto: the Accelerate backend when started with several processes (WORLD_SIZE > 1), else single
 BackendName = Literal["auto", "single", "accelerate", "deepspeed"]
 
@@ -22,14 +21,16 @@ class ObjectiveConfig:
     IntroVAE uses beta_rec (its beta), beta_kl (weight of the real KL), margin and alpha;
     the VAE (and the VAE warm-up of the others) uses beta_rec and beta_kl."""
 
-    name: ObjectiveName = "soft-intro"
+    # an objective registered in train.phases (train.steps registers soft-intro, intro and vae); `sivae train`
+    # refuses other names before any work
+    name: str = "soft-intro"
     reconstruction: Literal["mse", "bce"] = "mse"
     beta_rec: float = 1.0
     beta_kl: float = 1.0
     beta_neg: float = 1.0
     gamma_r: float = 1e-8
-    # s, the scale of the ELBO inside the exp terms: null means 1 / input_dim (C*H*W) at the model's top resolution for every level
-    # (the reference's fixed s); scale_per_resolution uses the current level's input_dim instead.
+    # s, the scale of the ELBO inside the exp terms: null means 1 / input_dim (C*H*W) at the model's top
+    # resolution for every level (the reference's fixed s); scale_per_resolution uses the current level's input_dim instead.
     scale: float | None = None
     scale_per_resolution: bool = False
     margin: float = 120.0

@@ -1,25 +1,27 @@
-"""One training iteration per objective, written once for every backend and architecture.
+"""One training iteration of any objective, written once for every backend and architecture; the
+built-in objectives.
 
-An objective is a list of phases, each training one net: Soft-IntroVAE and IntroVAE update the
-encoder, then the decoder (DESIGN.md 2.1, 2.2); the VAE updates both at once. A phase function
-computes one micro-batch's loss through `backend.encode` / `decode` / `generate` (which apply the
-current level, device and precision) with the pure functions of train.objectives, and passes a
-value (the encoder's z) on to the next phase. `training_step` runs the phases, accumulating
-gradients over the micro-batches of one global batch before each update. Stats come back as
-detached tensors (no host sync here: the loop decides when to read them).
+An objective is a sequence of phases (train.phases), each updating some of the model's networks:
+Soft-IntroVAE and IntroVAE update the encoder, then the decoder; the VAE updates both at once. A
+phase function computes one micro-batch's loss through `backend.encode` / `decode` / `generate`
+(which apply the current level, device and precision; `backend.forward` for other networks) with
+the pure functions of train.objectives, and passes a value (the encoder's z) on to the next phase.
+`training_step` runs the phases, accumulating gradients over the micro-batches of one global batch
+before each update. Stats come back as detached tensors (no host sync here: the loop decides when
+to read them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from sivae.core.elbo import kl_divergence, reconstruction_error
-from sivae.train.backend import Backend, Net
+from sivae.train.backend import Backend
 from sivae.train.objectives import (
     intro_decoder_loss,
     intro_encoder_loss,
@@ -27,11 +29,8 @@ from sivae.train.objectives import (
     soft_intro_encoder_loss,
     vae_loss,
 )
+from sivae.train.phases import Phase, Stats, objective_phases, register_objective
 from sivae.train.schema import ObjectiveConfig
-
-Stats = dict[str, Tensor]
-# phase(backend, x, z_prior, carried, cfg, scale) -> (loss, stats, value carried to the next phase)
-Phase = Callable[[Backend, Tensor, Tensor, Tensor | None, ObjectiveConfig, float], tuple[Tensor, Stats, Tensor | None]]
 
 
 def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -107,7 +106,7 @@ def intro_decoder(backend: Backend, x: Tensor, z_prior: Tensor, z: Tensor, cfg: 
 
 
 def vae_both(backend: Backend, x: Tensor, z_prior: Tensor, _, cfg: ObjectiveConfig, scale: float):
-    """The plain VAE (and the warm-up of the adversarial objectives): one ELBO, both nets."""
+    """The plain VAE (and the warm-up of the adversarial objectives): one ELBO, both networks."""
     mu, logvar = backend.encode(x)
     rec = backend.decode(reparameterize(mu, logvar))
     loss, stats = vae_loss(
@@ -117,11 +116,12 @@ def vae_both(backend: Backend, x: Tensor, z_prior: Tensor, _, cfg: ObjectiveConf
     return loss, stats, None
 
 
-OBJECTIVES: dict[str, list[tuple[Net, Phase]]] = {
-    "soft-intro": [("encoder", soft_intro_encoder), ("decoder", soft_intro_decoder)],
-    "intro": [("encoder", intro_encoder), ("decoder", intro_decoder)],
-    "vae": [("both", vae_both)],
-}
+register_objective("soft-intro", [Phase("encoder", ("encoder",), soft_intro_encoder),
+                                   Phase("decoder", ("decoder",), soft_intro_decoder)])  # fmt: skip
+register_objective("intro", [Phase("encoder", ("encoder",), intro_encoder),
+                              Phase("decoder", ("decoder",), intro_decoder)])  # fmt: skip
+# also the warm-up of the adversarial objectives
+register_objective("vae", [Phase("vae", ("encoder", "decoder"), vae_both)])
 
 
 def training_step(
@@ -129,7 +129,7 @@ def training_step(
 ) -> Stats:
     """One iteration over a global batch given as one tensor or as equal micro-batches.
 
-    Each phase accumulates gradients over all micro-batches, then updates its net once; the
+    Each phase accumulates gradients over all micro-batches, then updates its networks once; the
     prior samples of a micro-batch are shared by its phases, as in the reference.
     """
     micro_batches = [batch] if isinstance(batch, Tensor) else list(batch)
@@ -139,15 +139,15 @@ def training_step(
     z_priors = torch.randn(sum(sizes), backend.latent_dim, device=micro_batches[0].device).split(sizes)
     carried: list[Tensor | None] = [None] * n
     totals: Stats = {}
-    for net, phase in OBJECTIVES["vae" if warmup else cfg.name]:
-        with backend.train_only(net):
+    for phase in objective_phases("vae" if warmup else cfg.name):
+        with backend.train_only(phase):
             for i, x in enumerate(micro_batches):
                 with backend.accumulating(last=i == n - 1):
-                    loss, stats, carried[i] = phase(backend, x, z_priors[i], carried[i], cfg, scale)
-                    backend.backward(net, loss / n)
+                    loss, stats, carried[i] = phase.run(backend, x, z_priors[i], carried[i], cfg, scale)
+                    backend.backward(phase.name, loss / n)
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value.detach() / n
-            backend.step(net)
+            backend.step(phase.name)
     return totals
 
 

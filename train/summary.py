@@ -25,7 +25,7 @@ from sivae.models.base import VAE
 from sivae.models.build import build_model
 from sivae.models.config import ModelConfig
 from sivae.models.progressive import resolution_of
-from sivae.train.backend import Backend, Net
+from sivae.train.backend import Backend
 from sivae.train.schema import ObjectiveConfig
 from sivae.train.steps import soft_intro_step
 
@@ -47,10 +47,10 @@ class _GradientRecordingBackend(Backend):
         super().__init__(model, device)
         self.got_grad: set[str] = set()
 
-    def backward(self, net: Net, loss: Tensor) -> None:
+    def backward(self, phase: str, loss: Tensor) -> None:
         loss.backward()
 
-    def step(self, net: Net) -> bool:
+    def step(self, phase: str) -> bool:
         for name, p in self.model.named_parameters():
             if p.grad is not None:
                 self.got_grad.add(name)
@@ -72,12 +72,12 @@ def measure_iteration(model: VAE, lod: int | None, batch: int) -> IterationMeasu
     backend.set_level(lod, 1.0)
     param_storages = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]}
     # storages by identity; holding them keeps a freed one's address from being reused by another
-    saved: dict[str, dict[int, torch.UntypedStorage]] = {"encoder": {}, "decoder": {}, "both": {}}
+    saved: dict[str, dict[int, torch.UntypedStorage]] = {}  # per phase
 
     def pack(t: Tensor) -> Tensor:
         storage = t.untyped_storage()
         if storage._cdata not in param_storages:
-            saved[backend.trainable][storage._cdata] = storage
+            saved.setdefault(backend.phase, {})[storage._cdata] = storage
         return t
 
     x = torch.zeros(batch, *model.data_shape_at(lod), device=device)

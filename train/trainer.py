@@ -25,7 +25,7 @@ from sivae.core.distributed import DistEnv, all_gather_objects, broadcast_object
 from sivae.core.run_dir import RunDir
 from sivae.core.schedule import Position, position, schedule_kimg
 from sivae.core.snapshot import write_snapshot
-from sivae.models import build_model
+from sivae.models import Model, build_model
 from sivae.train.accelerate_backend import AccelerateBackend
 from sivae.train.backend import Backend, LocalBackend
 from sivae.train.ema import ema_beta, update_ema
@@ -45,7 +45,7 @@ class Progress:
     level: int = -1  # schedule index of the current level (-1: none yet)
     level_iterations: int = 0  # iterations at the current level: the data stream's position
     rollbacks: int = 0
-    skipped_updates: dict[str, int] = field(default_factory=lambda: {"encoder": 0, "decoder": 0, "both": 0})
+    skipped_updates: dict[str, int] = field(default_factory=dict)  # per phase of the objective (and warm-up)
     skipped_samples: int = 0  # unreadable samples the data stream replaced
     data_digest: str = ""  # the manifest digest of the data trained on
 
@@ -59,14 +59,15 @@ def check_data(cfg: RunConfig) -> None:
     make_modality(cfg, torch.device("cpu")).check()
 
 
-def make_optimizers(model: torch.nn.Module, cfg: RunConfig) -> dict[str, torch.optim.Optimizer]:
+def make_optimizers(model: Model, cfg: RunConfig) -> dict[str, torch.optim.Optimizer]:
+    """An Adam per network of the model."""
     t = cfg.train
     return {
         name: torch.optim.Adam(
-            getattr(model, name).parameters(), lr=t.schedule[0].lr, betas=tuple(t.optimizer.betas),
+            model.network(name).parameters(), lr=t.schedule[0].lr, betas=tuple(t.optimizer.betas),
             eps=t.optimizer.eps, fused=t.optimizer.fused or None,
         )
-        for name in ("encoder", "decoder")
+        for name in model.networks
     }
 
 
@@ -95,8 +96,8 @@ class Trainer:
         self.backend = self.make_backend(accelerator)
         self.ema.load_state_dict(self.model.state_dict())
         if t.compile:
-            self.model.encoder.compile()
-            self.model.decoder.compile()
+            for name in self.model.networks:
+                self.model.network(name).compile()
         self.progress = Progress()
         self.stream = None
         self.stop_requested = False
@@ -194,7 +195,7 @@ class Trainer:
 
         if self.logger and crossed(t.log_every_kimg):
             self.progress.skipped_updates = dict(self.backend.skipped)
-            lr = self.optimizers["encoder"].param_groups[0]["lr"]
+            lr = next(iter(self.optimizers.values())).param_groups[0]["lr"]  # set_lr gives all the same
             self.logger.write_scalars(now, pos, lr, self.progress, self._memory_bytes())
         if crossed(t.sample_every_kimg):
             self.save_samples(pos)
@@ -344,8 +345,7 @@ class Trainer:
                 lod=pos.lod,
                 blend=pos.blend,
                 resolution=pos.resolution,
-                encoder=self.ema.encoder.state_dict(),
-                decoder=self.ema.decoder.state_dict(),
+                networks={name: self.ema.network(name).state_dict() for name in self.ema.networks},
             )
 
     @torch.no_grad()
