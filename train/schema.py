@@ -30,7 +30,8 @@ class ObjectiveConfig:
     beta_neg: float = 1.0
     gamma_r: float = 1e-8
     # s, the scale of the ELBO inside the exp terms: null means 1 / input_dim (C*H*W) at the model's top
-    # resolution for every level (the reference's fixed s); scale_per_resolution uses the current level's input_dim instead.
+    # resolution for every level (the reference's fixed s); scale_per_resolution uses the current level's
+    # input_dim instead.
     scale: float | None = None
     scale_per_resolution: bool = False
     margin: float = 120.0
