@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
 import json
 import multiprocessing as mp
 import os
 import shutil
-import tarfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import webdataset as wds
 from tqdm import tqdm
 
 from sivae.core.fileio import atomic_write_text, fsync_dir
@@ -136,7 +135,7 @@ def check_inputs(source: Source, items: list[SourceItem], top: int, options: Bui
 
 
 class _HashingWriter:
-    """A write-only file wrapper that hashes what passes through (tarfile's stream mode only writes)."""
+    """A write-only file wrapper that hashes what passes through (a tar stream only writes)."""
 
     def __init__(self, f: IO[bytes]):
         self.f, self.sha256, self.size = f, hashlib.sha256(), 0
@@ -148,8 +147,9 @@ class _HashingWriter:
 
 
 class _ShardWriter:
-    """One tar shard in WebDataset layout (members KEY.EXT, ustar, fixed metadata: same input, same bytes),
-    written under a temporary name in the shard's directory and renamed by `commit`."""
+    """One shard written by WebDataset's TarWriter (members KEY.EXT, ustar, fixed metadata: same input,
+    same bytes), under a temporary name in the shard's directory and renamed by `commit`. The bytes are
+    hashed as they are written, so the manifest's sha256 costs no second read."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,13 +157,12 @@ class _ShardWriter:
         self.partial = path.with_name(f".{path.name}{_PARTIAL}{os.getpid()}")
         self.file = open(self.partial, "wb")  # noqa: SIM115 -- a writer that lives across calls; see close()
         self.hashing = _HashingWriter(self.file)
-        self.tar = tarfile.open(fileobj=self.hashing, mode="w|", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        # encoder=False: members are stored as given (the levels are encoded by images.encode)
+        self.tar = wds.TarWriter(self.hashing, encoder=False, compress=False, mtime=0, user="", group="",
+                                 mode=0o444)
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
-        for ext, data in members.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o444
-            self.tar.addfile(info, io.BytesIO(data))
+        self.tar.write({"__key__": key, **members})
         self.count += 1
 
     def close(self) -> dict[str, Any]:
