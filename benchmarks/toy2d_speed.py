@@ -25,25 +25,19 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from sivae.models import build_model
-from sivae.train.backend import LocalBackend
 from sivae.train.host_memory import keep_freed_memory
 from sivae.train.schema import ObjectiveConfig
 from sivae.train.steps import training_step
 from sivae.train.toy2d.datasets import SAMPLERS
-from sivae.train.toy2d.study import Toy2DConfig, run_config
-from sivae.train.trainer import make_optimizers
+from sivae.train.toy2d.study import Toy2DConfig, step_backend
 
 PRESET = ObjectiveConfig(name="soft-intro", beta_kl=0.3, beta_rec=0.2, beta_neg=0.9, gamma_r=1e-8)
 
 
 def setup(objective: str, fused_adam: bool = True):
     cfg = Toy2DConfig(objective=ObjectiveConfig(**{**PRESET.__dict__, "name": objective}))
-    run = run_config(cfg)
-    run.train.optimizer.fused = fused_adam
     torch.manual_seed(0)
-    model = build_model(run.model)
-    backend = LocalBackend(model, make_optimizers(model, run))
+    backend = step_backend(cfg, fused_adam)
     x = SAMPLERS["8gaussians"](cfg.batch_size, torch.Generator().manual_seed(0))
     return cfg, backend, x
 

@@ -15,10 +15,10 @@ from sivae.train.host_memory import keep_freed_memory
 applied = keep_freed_memory()
 from sivae.train.steps import training_step
 from sivae.train.toy2d.datasets import SAMPLERS
-from sivae.train.toy2d.study import Toy2DConfig, build
+from sivae.train.toy2d.study import Toy2DConfig, step_backend
 torch.set_num_threads(1)
 cfg = Toy2DConfig()
-_, backend, _ = build(cfg)
+backend = step_backend(cfg)
 x = SAMPLERS["8gaussians"](512, torch.Generator().manual_seed(0))
 for _ in range(5):
     training_step(backend, x, cfg.objective, 0.5)

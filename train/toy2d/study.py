@@ -26,14 +26,16 @@ from sivae.core.fileio import atomic_write, atomic_write_text
 from sivae.core.run_dir import RunDir
 from sivae.core.schedule import LevelConfig
 from sivae.data_pipeline.config import DataConfig
+from sivae.models import build_model
 from sivae.models.base import VAE
 from sivae.models.config import ModelConfig
+from sivae.train.backend import LocalBackend
 from sivae.train.exit_codes import EXIT_OK
 from sivae.train.host_memory import keep_freed_memory
 from sivae.train.schema import ObjectiveConfig, OptimizerConfig, RunConfig, TrainConfig
 from sivae.train.toy2d import metrics, plots
 from sivae.train.toy2d.datasets import HALF_RANGE, SAMPLERS
-from sivae.train.trainer import Trainer
+from sivae.train.trainer import Trainer, make_optimizers
 
 Dataset = Literal["8gaussians", "2spirals", "checkerboard", "rings"]
 
@@ -94,6 +96,15 @@ def run_config(cfg: Toy2DConfig) -> RunConfig:
             snapshot_every_kimg=cfg.iters * kimg,
         ),
     )  # fmt: skip
+
+
+def step_backend(cfg: Toy2DConfig, fused_adam: bool = True) -> LocalBackend:
+    """The study's networks and optimizers, as the trainer builds them, behind a bare single-process backend:
+    for measuring one training step alone (benchmarks/toy2d_speed.py, the host-memory test)."""
+    run = run_config(cfg)
+    run.train.optimizer.fused = fused_adam
+    model = build_model(run.model)
+    return LocalBackend(model, make_optimizers(model, run))
 
 
 def read_history(run: RunDir, batch_size: int) -> list[dict[str, float]]:
