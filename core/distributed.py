@@ -5,12 +5,18 @@ Started by any launcher that exports RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PO
 CPU, NCCL on CUDA. `DistEnv` says which rank and device it is; training and evaluation take the
 same one. Work is split into contiguous parts (`part`), and `gather_rows` concatenates each rank's
 rows in rank order on every rank, dropping the padding that equal-sized collectives need.
+
+`failure_agreement` makes one rank's exception end a block of collective work on every rank (instead
+of leaving the others blocked in their next collective for ever): inside it, each collective here
+first all-reduces a "has a rank failed" flag, which the failing rank sends in its place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,10 +76,62 @@ def part(total: int, rank: int, world_size: int) -> range:
     return range(rank * total // world_size, (rank + 1) * total // world_size)
 
 
+class PeerFailure(RuntimeError):
+    """Another rank's work failed inside a `failure_agreement` block: this rank stops the same work."""
+
+    def __init__(self, failed_rank: int):
+        super().__init__(f"rank {failed_rank} failed")
+        self.failed_rank = failed_rank
+
+
+_agreeing = False  # inside a failure_agreement block (collectives check their peers first)
+
+
+def _highest_failed_rank(failed: bool) -> int | None:
+    """One all-reduce of (rank + 1 if this rank failed else 0): the highest failed rank, or None."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    flag = torch.tensor([dist.get_rank() + 1 if failed else 0], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) - 1 if flag.item() else None
+
+
+def _check_peers(world_size: int) -> None:
+    if _agreeing and world_size > 1 and (failed := _highest_failed_rank(False)) is not None:
+        raise PeerFailure(failed)
+
+
+@contextlib.contextmanager
+def failure_agreement(world_size: int) -> Iterator[None]:
+    """Run a block of collective work (this module's collectives only) so that every rank leaves it failed
+    when one rank raises: that rank meets the others at their next collective with a failure flag and
+    re-raises; they raise PeerFailure there. A block that ends well agrees once more at its end (a rank
+    may fail after the last collective, in work of its own)."""
+    global _agreeing
+    if world_size == 1:
+        yield
+        return
+    _agreeing = True
+    try:
+        try:
+            yield
+        except PeerFailure:
+            raise  # the agreement has happened, inside the collective that raised this
+        except BaseException:
+            _agreeing = False
+            _highest_failed_rank(True)  # in place of the collective the others wait in
+            raise
+        _agreeing = False
+        if (failed := _highest_failed_rank(False)) is not None:
+            raise PeerFailure(failed)
+    finally:
+        _agreeing = False
+
+
 def all_gather_objects(obj: Any, world_size: int) -> list:
     """Every rank's `obj`, in rank order."""
     if world_size == 1:
         return [obj]
+    _check_peers(world_size)
     out = [None] * world_size
     dist.all_gather_object(out, obj)
     return out
@@ -88,6 +146,7 @@ def broadcast_object(obj: Any, world_size: int) -> Any:
     """Rank 0's `obj` on every rank."""
     if world_size == 1:
         return obj
+    _check_peers(world_size)
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -95,6 +154,7 @@ def broadcast_object(obj: Any, world_size: int) -> Any:
 
 def barrier(world_size: int) -> None:
     if world_size > 1:
+        _check_peers(world_size)
         dist.barrier()
 
 
@@ -102,6 +162,7 @@ def all_true(flag: torch.Tensor, world_size: int) -> bool:
     """Whether `flag` holds on every rank (so that every rank takes the same decision)."""
     if world_size == 1:
         return bool(flag)
+    _check_peers(world_size)
     flag = flag.to(torch.int32).reshape(1)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
@@ -115,6 +176,7 @@ def gather_rows(rows: np.ndarray, env: DistEnv) -> np.ndarray:
     """Every rank's rows [n_r, ...] concatenated in rank order (on every rank); exact counts, no padding."""
     if env.world_size == 1:
         return rows
+    _check_peers(env.world_size)
     device = _collective_device(env)
     counts = torch.zeros(env.world_size, dtype=torch.int64, device=device)
     counts[env.rank] = rows.shape[0]

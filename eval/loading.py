@@ -22,6 +22,7 @@ from sivae.core import checkpoint, snapshot
 from sivae.core import deepspeed_checkpoint as ds_checkpoint
 from sivae.core.checkpoint import CheckpointError
 from sivae.core.config import ConfigError, from_dict
+from sivae.core.eval_config import EvalConfig
 from sivae.core.schedule import LevelConfig, position
 from sivae.data_pipeline.config import DataConfig
 from sivae.models import Model, build_model
@@ -43,6 +44,7 @@ class StoredConfig:
     schedule: list[LevelConfig]
     reconstruction: str  # the objective's observation model: "mse" (Gaussian) or "bce"
     beta_rec: float  # the objective's weight of the reconstruction term
+    eval: EvalConfig  # how the run asks to be scored (flags of `sivae eval` override it)
 
 
 @dataclass
@@ -132,6 +134,7 @@ def run_config(data: Any, where: Path) -> StoredConfig:
             schedule=from_dict(list[LevelConfig], data.get("train", {}).get("schedule"), "train.schedule"),
             reconstruction=str(data.get("objective", {}).get("reconstruction", "mse")),
             beta_rec=float(data.get("objective", {}).get("beta_rec", 1.0)),
+            eval=from_dict(EvalConfig, data.get("eval", {}), "eval"),  # older snapshots: the defaults
         )
     except (ConfigError, AttributeError) as exc:
         raise LoadError(f"{where}: its stored config is not valid ({exc})") from None

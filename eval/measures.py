@@ -1,20 +1,23 @@
 """The mathematics of the metrics, as pure functions: no I/O, no models, no global state.
 
-Feature statistics and distances (FID, KID), image-quality measures (MSE, PSNR, SSIM) and the
-detection measures of OOD scores (AUROC, AUPRC, FPR at a TPR). Runners in `eval.metrics`
-compose them.
+Feature statistics and distances (FID, KID: clean-fid's arithmetic), image-quality measures (MSE,
+PSNR, SSIM: our own, as none of the dependencies has them for torch tensors) and the detection
+measures of OOD scores (AUROC, AUPRC: scikit-learn's; FPR at a TPR: our own, a threshold rule
+scikit-learn leaves to the caller). Runners in `eval.metrics` compose them.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import linalg
-from scipy.stats import rankdata
+from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import Tensor
+
+from sivae.eval.compat import import_cleanfid_fid
 
 # ------------------------------------------------------------------------------------------------
 # Feature distances
@@ -30,50 +33,37 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                      eps: float = 1e-6) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)): the Frechet distance of two Gaussians (FID).
-
-    A nearly singular product (fewer samples than feature dimensions) gets `eps` added to both
-    diagonals, the usual remedy; a small imaginary part from rounding is dropped.
-    """
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)): the Frechet distance of two Gaussians (FID), by
+    clean-fid's `frechet_distance` (its eps on the diagonals when the product is nearly singular)."""
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics of different dimensions: {mu1.shape} vs {mu2.shape}")
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    covmean = covmean.real  # rounding leaves a tiny imaginary part on a PSD product
-    diff = mu1 - mu2
-    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    with warnings.catch_warnings():  # clean-fid passes scipy's deprecated `disp` to sqrtm
+        warnings.simplefilter("ignore", DeprecationWarning)
+        value = float(import_cleanfid_fid().frechet_distance(mu1, sigma1, mu2, sigma2, eps=eps))
     return max(value, 0.0)  # sqrtm rounding can give -1e-12 for identical statistics
-
-
-def polynomial_mmd2(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD^2 between two equal-sized feature sets with the kernel (x.y / D + 1)^3 (KID's)."""
-    m, dim = x.shape
-    if y.shape != x.shape or m < 2:
-        raise ValueError(f"need two [m >= 2, D] sets of the same shape, got {x.shape} and {y.shape}")
-    kxx = (x @ x.T / dim + 1.0) ** 3
-    kyy = (y @ y.T / dim + 1.0) ** 3
-    kxy = (x @ y.T / dim + 1.0) ** 3
-    within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-    return float(within - 2.0 * kxy.sum() / (m * m))
 
 
 def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray, *, subsets: int = 100,
                               subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """KID: the mean (and standard deviation) over `subsets` random subsets of the polynomial MMD^2.
+    """KID: the mean (and standard deviation) over `subsets` random subsets of the unbiased polynomial
+    MMD^2, by clean-fid's `kernel_distance`.
 
-    Subsets are drawn without replacement, of size min(subset_size, N1, N2), from a seeded RNG.
+    clean-fid draws its subsets from numpy's global RNG and returns only the mean: here that RNG is seeded
+    (and restored after), and each subset is one call, which draws exactly what one call over all subsets
+    would, so the mean is clean-fid's own and the spread comes with it.
     """
     x, y = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
-    m = min(subset_size, x.shape[0], y.shape[0])
-    rng = np.random.default_rng(seed)
-    values = [
-        polynomial_mmd2(x[rng.choice(x.shape[0], m, replace=False)], y[rng.choice(y.shape[0], m, replace=False)])
-        for _ in range(subsets)
-    ]
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(x.shape[0], y.shape[0]) < 2:
+        raise ValueError(f"need two [N >= 2, D] feature sets of the same D, got {x.shape} and {y.shape}")
+    kernel_distance = import_cleanfid_fid().kernel_distance
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        values = [kernel_distance(x, y, num_subsets=1, max_subset_size=subset_size) for _ in range(subsets)]
+    finally:
+        np.random.set_state(state)
     return float(np.mean(values)), float(np.std(values))
 
 
@@ -141,29 +131,21 @@ def _scores(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.
     return pos, neg
 
 
+def _labelled(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pos, neg = _scores(positive, negative)
+    return np.r_[np.ones(pos.size), np.zeros(neg.size)], np.r_[pos, neg]
+
+
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     """Area under the ROC curve: P(score of a positive > score of a negative), ties counting 1/2
-    (the Mann-Whitney U statistic over n_pos n_neg)."""
-    pos, neg = _scores(positive, negative)
-    ranks = rankdata(np.concatenate([pos, neg]))  # average ranks: ties share
-    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
-    return float(u / (pos.size * neg.size))
+    (scikit-learn's `roc_auc_score`)."""
+    return float(roc_auc_score(*_labelled(positive, negative)))
 
 
 def auprc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """Area under the precision-recall curve as average precision: sum over thresholds (every
-    distinct score, high to low) of (recall gained) x (precision at that threshold)."""
-    pos, neg = _scores(positive, negative)
-    scores = np.concatenate([pos, neg])
-    labels = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
-    order = np.argsort(-scores, kind="stable")
-    scores, labels = scores[order], labels[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # a threshold takes a tie whole
-    true_pos = np.cumsum(labels)[last_of_tie]
-    predicted = last_of_tie + 1
-    precision = true_pos / predicted
-    recall = true_pos / pos.size
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    """Area under the precision-recall curve as average precision: sum over thresholds (every distinct
+    score, high to low) of (recall gained) x (precision at that threshold) (`average_precision_score`)."""
+    return float(average_precision_score(*_labelled(positive, negative)))
 
 
 def fpr_at_tpr(positive: np.ndarray, negative: np.ndarray, tpr: float = 0.95) -> float:

@@ -1,6 +1,8 @@
 """The metric registry: each metric is one function of an `EvalContext` returning its results.
 
-    fid    Frechet distance between features of generated images and of the reference split
+    fid    Frechet distance between features of generated images and of the reference split (the run
+           config's eval protocol: how many of each; reals faded like the fakes in a snapshot taken
+           mid-fade, or no FID at all there when the protocol says skip)
     kid    kernel (polynomial MMD^2) distance between the same two feature sets
     recon  MSE, PSNR, SSIM (and LPIPS when its weights are given) of test images against their
            reconstructions, reconstruction FID, and a grid of originals over reconstructions
@@ -53,27 +55,40 @@ def _reference_info(ref) -> dict[str, Any]:
     return {"cache_file": str(ref.path), "reused": ref.reused, "count": int(ref.features.shape[0])}
 
 
+def _skipped(ctx: EvalContext) -> dict[str, Any] | None:
+    """The result of FID/KID for a snapshot the protocol skips (said in the warnings and the report)."""
+    if (reason := ctx.fid_skipped) is None:
+        return None
+    ctx.warn(f"FID/KID skipped: {ctx.loaded.path.name} was {reason}")
+    return {"fid_skipped": reason}
+
+
 @metric("fid")
 def fid(ctx: EvalContext) -> dict[str, Any]:
-    opts = ctx.options
-    reference = ctx.reference(opts.reference_split, opts.reference_count)
+    if (skipped := _skipped(ctx)) is not None:
+        return skipped
+    protocol = ctx.protocol
+    reference = ctx.reference(protocol.reference_split, protocol.reference_count)
     generated = ctx.generated_features
     if not ctx.env.is_main:
         return {}
     if (path := ctx.output("samples.png")) is not None:
-        save_png(grid(ctx.generate(0, opts.grid_images).float() / 127.5 - 1.0, columns=8), path, upscale_to=512)
+        save_png(grid(ctx.generate(0, ctx.options.grid_images).float() / 127.5 - 1.0, columns=8), path,
+                 upscale_to=512)
     mu, sigma = feature_statistics(generated)
     return {
         "fid": frechet_distance(mu, sigma, reference.mu, reference.sigma),
         "fid_num_samples": int(generated.shape[0]),
-        "fid_reference": {"split": opts.reference_split, **_reference_info(reference)},
+        "fid_reference": {"split": protocol.reference_split, "blend": ctx.loaded.blend, **_reference_info(reference)},
     }
 
 
 @metric("kid")
 def kid(ctx: EvalContext) -> dict[str, Any]:
-    opts = ctx.options
-    reference = ctx.reference(opts.reference_split, opts.reference_count)
+    if (skipped := _skipped(ctx)) is not None:
+        return skipped
+    opts, protocol = ctx.options, ctx.protocol
+    reference = ctx.reference(protocol.reference_split, protocol.reference_count)
     generated = ctx.generated_features
     if not ctx.env.is_main:
         return {}
@@ -91,7 +106,7 @@ def recon(ctx: EvalContext) -> dict[str, Any]:
     per_image: dict[str, list[np.ndarray]] = {"mse": [], "psnr": [], "ssim": [], "lpips": []}
     features, shown, unreadable = [np.zeros((0, ctx.extractor.dim), np.float32)], [], 0
     for data in ctx.data_parts(ctx.data_dir, opts.test_split, opts.test_count, desc="reconstructions"):
-        originals = to_uint8(ctx.as_model_input(data.images)).cpu()  # at blend < 1: the faded image it saw
+        originals = ctx.as_reals(data.images)  # at blend < 1: the faded image it saw
         reconstructions = to_uint8(ctx.reconstruct(data.images, data.keys)).cpu()
         x, y = originals.double() / 255.0, reconstructions.double() / 255.0
         per_image["mse"].append(mean_squared_error(x, y).numpy())

@@ -4,35 +4,37 @@ Run directories are found below RUNS_DIR (a directory with config.yaml and snaps
 
     RUN/eval/results.jsonl          one JSON line per evaluated snapshot (status ok or failed), append-only
     RUN/eval/SNAPSHOT/              that snapshot's metrics.json and PNGs (samples, reconstructions, OOD histogram)
-    RUN/eval/locks/SNAPSHOT.lock    held (fcntl) while a process evaluates SNAPSHOT
+    RUN/eval/locks/SNAPSHOT.lock    exists while a process evaluates SNAPSHOT (`eval.locks`: owner, heartbeat)
     RUN/tb/eval/                    TensorBoard scalars eval/METRIC at step = training images (the trainer's axis)
 
-Exactly once: a snapshot is taken only under its lock (a non-blocking fcntl lock: a second evaluator
-skips a snapshot another one holds), and only if results.jsonl has no line for it when the lock is held;
-the line is appended under a lock on results.jsonl before the snapshot lock is released. Locks held by a
-process that dies are released by the kernel. Snapshots without a ready marker are left for a later
-night; a snapshot that fails to load or evaluate is reported and recorded as failed (not retried unless
-asked), and the exit status says that something failed.
+Exactly once: a snapshot is taken only under its lock (a create-exclusive lock file, which holds on
+NFS and Lustre: a second evaluator skips a snapshot another live one holds, and takes over the lock of
+a killed one), and only if results.jsonl has no line for it when the lock is held; the line is appended
+under the run's results lock, and not at all if an ok line for the snapshot is already there. With
+several ranks, rank 0 holds the locks, and one rank's exception ends the snapshot on every rank
+(`failure_agreement`): it is recorded as failed, with that rank's error, and the next one goes on.
+Snapshots without a ready marker are left for a later night; a snapshot that fails to load or evaluate
+is reported and recorded as failed (not retried unless asked), and the exit status says that
+something failed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sivae.core.distributed import DistEnv, broadcast_object
+from sivae.core.distributed import DistEnv, PeerFailure, broadcast_object, failure_agreement, gather_lists
 from sivae.core.run_dir import RunDir
 from sivae.core.snapshot import list_snapshots, ready_marker
 from sivae.eval.context import EvalOptions
+from sivae.eval.locks import hold_lock, try_lock
 from sivae.eval.runner import evaluate, scalar_metrics
 
 
@@ -77,14 +79,25 @@ def read_results(run: RunDir, warn=None) -> list[dict[str, Any]]:
     return records
 
 
-def append_result(run: RunDir, record: dict[str, Any]) -> None:
-    """One line, appended and fsynced under an exclusive lock on the file (concurrent writers never interleave)."""
+def results_lock(run: RunDir) -> Path:
+    return eval_dir(run) / "locks" / "results.jsonl.lock"
+
+
+def snapshot_lock(run: RunDir, snapshot: Path) -> Path:
+    return eval_dir(run) / "locks" / f"{snapshot.stem}.lock"
+
+
+def append_result(run: RunDir, record: dict[str, Any]) -> bool:
+    """Append the record as one fsynced line under the run's results lock, unless the file already holds
+    an ok result for its snapshot (an evaluator that took over our lock, thinking us dead, finished first).
+    Returns whether it was written."""
     path = results_file(run)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "a+b") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
+    with hold_lock(results_lock(run)):
+        if any(r["snapshot"] == record["snapshot"] and r.get("status") == "ok" for r in read_results(run)):
+            return False
+        with open(path, "a+b") as f:
             f.seek(0, os.SEEK_END)
             if f.tell() > 0:
                 f.seek(-1, os.SEEK_END)
@@ -93,27 +106,7 @@ def append_result(run: RunDir, record: dict[str, Any]) -> None:
             f.write(line.encode())
             f.flush()
             os.fsync(f.fileno())
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def try_lock(path: Path) -> Iterator[bool]:
-    """Hold an exclusive, non-blocking lock on `path` for the block; yields False if another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    return True
 
 
 def recorded(run: RunDir, retry_failed: bool) -> set[str]:
@@ -154,14 +147,22 @@ def evaluate_snapshot(run: RunDir, snapshot: Path, metrics: list[str], options: 
     start = time.perf_counter()
     base = {"snapshot": snapshot.name, "run": str(run.root), "host": platform.node(), "evaluated_at":
             time.strftime("%Y-%m-%dT%H:%M:%S%z"), "outputs": str(out)}
+    error = None
     try:
-        results = evaluate(snapshot, metrics, out, options, env)
-    except Exception as exc:  # any broken snapshot or data problem: report it, go on with the others
+        with failure_agreement(env.world_size):  # one rank's exception ends this snapshot on every rank
+            results = evaluate(snapshot, metrics, out, options, env)
+    except PeerFailure:
+        error = ""  # the failed rank's own error is gathered below
+    except Exception as exc:  # any broken snapshot, data problem or out-of-memory: report it, go on
         error = f"{type(exc).__name__}: {exc}"
-        return base | {"status": "failed", "error": error, "seconds": time.perf_counter() - start}
+    errors = gather_lists([error], env.world_size)
+    if any(e is not None for e in errors):
+        reasons = [e if env.world_size == 1 else f"rank {rank}: {e}" for rank, e in enumerate(errors) if e]
+        return base | {"status": "failed", "error": "; ".join(reasons), "seconds": time.perf_counter() - start}
     return base | {
         "status": "ok", "images": results["images"], "kimg": results["kimg"], "resolution": results["resolution"],
         "metrics": scalar_metrics(results), "extractor": results.get("extractor"),
+        "extractor_sha256": results.get("extractor_sha256"), "fid_skipped": results.get("fid_skipped"),
         "extractor_is_standin": results.get("extractor_is_standin", False), "warnings": results["warnings"],
         "files": results["files"], "seconds": time.perf_counter() - start,
     }  # fmt: skip
@@ -184,8 +185,7 @@ def run_nightly(runs_dir: Path, metrics: list[str], options: EvalOptions, env: D
             read_results(run, warn=say)  # damaged lines are reported once per run
         for snapshot in ready:
             name = f"{run.root.name}/{snapshot.name}"
-            lock = eval_dir(run) / "locks" / f"{snapshot.stem}.lock"
-            with try_lock(lock) if env.is_main else contextlib.nullcontext(True) as held:
+            with try_lock(snapshot_lock(run, snapshot)) if env.is_main else contextlib.nullcontext(True) as held:
                 state = "busy" if not held else "done" if snapshot.name in recorded(run, retry_failed) else "todo"
                 state = broadcast_object(state if env.is_main else None, env.world_size)
                 if state == "busy":
@@ -198,9 +198,11 @@ def run_nightly(runs_dir: Path, metrics: list[str], options: EvalOptions, env: D
                 say(f"{name}: evaluating")
                 record = evaluate_snapshot(run, snapshot, metrics, options, env)
                 if env.is_main:
-                    append_result(run, record)
-                    if record["status"] == "ok":
-                        write_tensorboard(run, record)
+                    if append_result(run, record):
+                        if record["status"] == "ok":
+                            write_tensorboard(run, record)
+                    else:
+                        say(f"{name}: another evaluator recorded it first (it took over our lock), not recorded twice")
                 if record["status"] == "ok":
                     summary.evaluated.append(name)
                     say(f"{name}: done in {record['seconds']:.1f} s: " + ", ".join(

@@ -10,6 +10,7 @@ Under a launcher that starts several processes (torchrun, accelerate launch), ev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
@@ -82,7 +83,10 @@ def evaluate(target: str | Path | LoadedModel, metrics: list[str], out_dir: Path
         results.update(METRICS[name](ctx))
     if any(n in names for n in ("fid", "kid", "recon")):
         results["extractor"] = ctx.extractor.id
+        results["extractor_sha256"] = ctx.extractor.sha256  # of the weights file (None: the stand-in)
         results["extractor_is_standin"] = bool(ctx.extractor.is_standin)
+    if any(n in names for n in ("fid", "kid")):
+        results["protocol"] = dataclasses.asdict(ctx.protocol)
     results |= {
         "warnings": ctx.warnings,
         "files": dict(ctx.files),

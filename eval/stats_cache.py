@@ -1,8 +1,9 @@
 """Reference features of a data set, cached in the project's own cache directory.
 
 A cache entry is keyed by what determines it: the manifest's digest (a sha256 over every shard's
-checksum, so any change to the data gives a new key), the split, the resolution, the number of images
-and the feature extractor's id. It holds the features themselves (KID needs them) and their mean and
+checksum, so any change to the data gives a new key), the split, the resolution, the fade a snapshot
+taken mid-fade applies to the reals, the number of images and the feature extractor's id (which holds
+its weights' digest). It holds the features themselves (KID needs them) and their mean and
 covariance (FID). Entries are written atomically; an unreadable entry is recomputed. Nothing is ever
 written inside the installed clean-fid package.
 
@@ -38,9 +39,11 @@ class ReferenceKey:
     resolution: int
     count: int  # images the statistics are over
     extractor: str  # the feature extractor's id
+    blend: float = 1.0  # below 1: the reals faded as a snapshot taken mid-fade sees them
 
     def filename(self) -> str:
-        return f"{self.digest[:16]}-{self.split}-{self.resolution}px-n{self.count}-{self.extractor}.npz"
+        faded = "" if self.blend >= 1.0 else f"-blend{self.blend:.6f}"
+        return f"{self.digest[:16]}-{self.split}-{self.resolution}px{faded}-n{self.count}-{self.extractor}.npz"
 
 
 @dataclass

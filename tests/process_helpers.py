@@ -15,9 +15,10 @@ def rendezvous_env(world_size: int) -> dict[str, str]:
             "WORLD_SIZE": str(world_size)}  # fmt: skip
 
 
-def run_together(command: list[str], envs: list[dict[str, str]], cwd: Path, timeout: float = 300) -> list[str]:
-    """Start `command` once per environment, all at once; wait for every one and fail with the stderr of those
-    that failed. Returns their stdouts."""
+def run_together(command: list[str], envs: list[dict[str, str]], cwd: Path, timeout: float = 300,
+                 expect_status: int = 0) -> list[str]:
+    """Start `command` once per environment, all at once; wait for every one (a hang fails after `timeout`)
+    and fail with the stderr of those that did not exit with `expect_status`. Returns their stdouts."""
     procs = [subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for env in envs]  # fmt: skip
     try:
@@ -25,5 +26,6 @@ def run_together(command: list[str], envs: list[dict[str, str]], cwd: Path, time
     finally:
         for p in procs:
             p.kill()  # only if it hung; a finished process ignores this
-    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    assert all(p.returncode == expect_status for p in procs), [(p.returncode, err[-2000:])
+                                                              for p, (_, err) in zip(procs, outputs)]
     return [out for out, _ in outputs]

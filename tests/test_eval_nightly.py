@@ -32,7 +32,7 @@ def sets(tmp_path_factory):
 
 
 def options(sets, **changes):
-    base = dict(num_samples=24, batch_size=24, inception="standin", cache=sets["cache"], ood_data=[sets["stripes"]],
+    base = dict(num_samples=24, batch_size=24, features="standin", cache=sets["cache"], ood_data=[sets["stripes"]],
                 iw_samples=2, test_count=8, reference_count=16, progress=False)
     return EvalOptions(**{**base, **changes})
 
@@ -53,7 +53,7 @@ def lines(run: RunDir) -> list[dict]:
 
 def cli_args(runs, sets, *extra):
     return ["eval", "nightly", str(runs), "--metrics", ",".join(METRICS), "--num-samples", "24", "--batch-size", "24",
-            "--inception", "standin", "--cache", str(sets["cache"]), "--ood-data", str(sets["stripes"]),
+            "--features", "standin", "--cache", str(sets["cache"]), "--ood-data", str(sets["stripes"]),
             "--iw-samples", "2", "--test-count", "8", "--reference-count", "16", "--no-progress", *extra]
 
 

@@ -40,7 +40,7 @@ def sivae(*args, env=None, check=True):
 
 
 def run_args(sets, out, *extra):
-    return ("eval", "run", sets["snapshot"], "--out", out, "--num-samples", 48, "--batch-size", 16, "--inception",
+    return ("eval", "run", sets["snapshot"], "--out", out, "--num-samples", 48, "--batch-size", 16, "--features",
             "standin", "--cache", sets["root"] / "cache", "--ood-data", sets["stripes"], "--iw-samples", 4,
             "--no-progress", *extra)
 
@@ -87,7 +87,7 @@ def test_a_full_checkpoint_evaluates_like_its_snapshot(sets, tmp_path):
     state = {"model": model.state_dict(), "ema": model.state_dict(), "config": to_dict(tiny_run_config(sets["disks"])),
              "progress": {"images": 6000}}
     path = checkpoint.save(tmp_path / "ckpt-000000006000.pt", state)
-    sivae("eval", "run", path, "--out", tmp_path / "out", "--metrics", "recon", "--inception", "standin", "--cache",
+    sivae("eval", "run", path, "--out", tmp_path / "out", "--metrics", "recon", "--features", "standin", "--cache",
           tmp_path / "cache", "--no-progress")
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["format"] == "checkpoint" and metrics["resolution"] == 16 and metrics["images"] == 6000
@@ -118,7 +118,7 @@ def test_lpips_weights_add_an_lpips_figure(sets, tmp_path):
 
     path = tmp_path / "lpips.pt"
     torch.jit.script(SquaredDistance()).save(str(path))
-    results = evaluate(sets["snapshot"], ["recon"], None, EvalOptions(inception="standin", cache=tmp_path / "c",
+    results = evaluate(sets["snapshot"], ["recon"], None, EvalOptions(features="standin", cache=tmp_path / "c",
                                                                       lpips=path, progress=False))
     # on [-1, 1] the squared difference is 4x that on [0, 1], which is what mse reports
     assert results["lpips"] == pytest.approx(4 * results["mse"], rel=1e-5)

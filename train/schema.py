@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sivae.core.config import require
+from sivae.core.eval_config import EvalConfig
 from sivae.core.schedule import LevelConfig
 from sivae.data_pipeline.config import DataConfig
 from sivae.models.config import ModelConfig
@@ -142,6 +143,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # read back by `sivae eval` from each snapshot
 
     def __post_init__(self) -> None:
         if self.model.arch != "mlp":
