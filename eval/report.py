@@ -2,7 +2,8 @@
 
 For each run: each metric over kimg (one PNG per run, a panel per metric), the latest snapshot's sample
 grid, reconstructions and OOD histogram, and a table of every evaluated snapshot; failures are listed;
-a banner says when FIDs come from the stand-in extractor.
+a banner says when FIDs come from the stand-in extractor; each run names its feature extractor and
+the sha256 of its weights, and the snapshots whose FID was skipped mid-fade.
 """
 
 from __future__ import annotations
@@ -66,6 +67,13 @@ def run_section(run: RunDir, runs_dir: Path, report_dir: Path) -> tuple[list[str
         lines += [f"![metrics over kimg]({plot.name})", ""]
         latest = ok[-1]
         lines += [f"Latest snapshot: `{latest['snapshot']}` at {latest['kimg']:g} kimg, {latest['resolution']}px.", ""]
+        for extractor, digest in dict.fromkeys((r.get("extractor"), r.get("extractor_sha256")) for r in ok):
+            if extractor:
+                lines += [f"Features: `{extractor}`, weights sha256 `{digest or '- (no weights file)'}`.", ""]
+        skipped = [r["snapshot"] for r in ok if r.get("fid_skipped")]
+        if skipped:
+            lines += ["FID/KID skipped (taken during a fade, eval.faded_snapshots 'skip'): " +
+                      ", ".join(f"`{name}`" for name in skipped) + ".", ""]
         files = latest.get("files", {})
         samples = _copy(Path(files["samples.png"]) if "samples.png" in files else latest_grid(run.samples),
                         report_dir / f"{name}-samples.png")

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from sivae.core.config import to_dict
+from sivae.core.eval_config import EvalConfig
 from sivae.core.snapshot import write_snapshot
 from sivae.data_pipeline.build import BuildOptions, build_dataset
 from sivae.data_pipeline.config import DataConfig
@@ -63,13 +64,15 @@ def tiny_run_config(data: Path, model: ModelConfig = TINY_MODEL, beta_rec: float
 
 
 def tiny_snapshot(directory: Path, data: Path, *, images: int = 5000, seed: int = 0, lod: int | None = None,
-                  model: ModelConfig = TINY_MODEL) -> Path:
+                  model: ModelConfig = TINY_MODEL, blend: float = 1.0, eval_config: EvalConfig | None = None) -> Path:
     """A snapshot of a freshly initialised tiny model (seeded), as the trainer writes it."""
     import torch
 
     torch.manual_seed(seed)
     vae = build_model(model)
     cfg = tiny_run_config(data, model)
+    if eval_config is not None:
+        cfg.eval = eval_config
     lod = model.max_lod if lod is None else lod
-    return write_snapshot(directory, images=images, config=to_dict(cfg), lod=lod, blend=1.0, resolution=4 * 2**lod,
+    return write_snapshot(directory, images=images, config=to_dict(cfg), lod=lod, blend=blend, resolution=4 * 2**lod,
                           networks={"encoder": vae.encoder.state_dict(), "decoder": vae.decoder.state_dict()})

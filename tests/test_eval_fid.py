@@ -1,11 +1,17 @@
 """FID/KID through the feature path (clean resize + extractor), the reference-statistics cache, extractor choice."""
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from eval_helpers import build_image_set, disk_images, tiny_snapshot
 
+from sivae.core.config import ConfigError, load_config
 from sivae.core.distributed import DistEnv
+from sivae.core.eval_config import EvalConfig
+from sivae.data_pipeline.loader import eval_batches
 from sivae.eval import context as context_module
 from sivae.eval import features as features_module
 from sivae.eval.context import EvalContext, EvalOptions
@@ -19,7 +25,11 @@ from sivae.eval.features import (
 )
 from sivae.eval.loading import load_model
 from sivae.eval.measures import feature_statistics, frechet_distance, kernel_inception_distance
+from sivae.eval.runner import evaluate
 from sivae.eval.stats_cache import cache_dir
+from sivae.train.schema import RunConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CPU = torch.device("cpu")
 
@@ -145,3 +155,57 @@ def test_reference_statistics_are_cached_reused_and_invalidated_when_the_data_ch
     modified = reference(data=tmp_path / "b" / "set")
     assert not modified.reused and modified.path != first.path
     assert not np.allclose(modified.mu, first.mu)
+
+
+def hand_faded(images: np.ndarray, blend: float) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> the trainer's mid-fade reals, by hand: lerp(2x2 block means repeated, x, blend)."""
+    x = images.astype(np.float64) / 127.5 - 1.0
+    n, h, w, c = x.shape
+    low = x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4)).repeat(2, axis=1).repeat(2, axis=2)
+    return np.round((np.clip(low + blend * (x - low), -1, 1) + 1) * 127.5).astype(np.uint8)
+
+
+def test_a_mid_fade_snapshot_is_scored_against_reals_faded_alike_or_skipped(tmp_path):
+    data = build_image_set(tmp_path / "a", disk_images(60, 16, seed=5))
+    options = EvalOptions(features="standin", cache=tmp_path / "cache", progress=False, batch_size=16)
+    fading = EvalContext(load_model(tiny_snapshot(tmp_path / "s1", data, blend=0.25)), options, DistEnv(), None)
+    faded = fading.reference("train", None)
+    reals = np.concatenate([b.images[b.valid].permute(0, 2, 3, 1).numpy()
+                            for b in eval_batches(data, "train", 16, 16, as_uint8=True)])
+    expected = extract_features(torch.from_numpy(hand_faded(reals, 0.25)).permute(0, 3, 1, 2).contiguous(),
+                                fading.extractor, CPU)
+    # float32 vs float64 lerp: a pixel rounds 1/255 apart now and then
+    np.testing.assert_allclose(faded.features, expected, rtol=0, atol=1e-2)
+    stable = EvalContext(load_model(tiny_snapshot(tmp_path / "s2", data)), options, DistEnv(), None)
+    plain = stable.reference("train", None)
+    assert plain.path != faded.path and "blend0.250000" in faded.path.name
+    assert np.abs(plain.features - faded.features).max() > 0.1
+
+    skip = dataclasses.replace(options, faded_snapshots="skip")
+    results = evaluate(tmp_path / "s1" / "snapshot-000000005000.pt", ["fid", "kid"], None, skip)
+    assert "fid" not in results and "kid" not in results and "blend 0.250" in results["fid_skipped"]
+    assert any("FID/KID skipped" in w for w in results["warnings"])
+    assert "fid" in evaluate(tmp_path / "s2" / "snapshot-000000005000.pt", ["fid"], None, skip)  # not mid-fade
+
+
+def test_the_run_configs_eval_protocol_is_the_default_and_flags_override_it(tmp_path):
+    data = build_image_set(tmp_path / "a", disk_images(60, 16, seed=6))
+    snapshot = tiny_snapshot(tmp_path / "s", data, eval_config=EvalConfig(fid_num_samples=40, reference_count=20))
+    options = EvalOptions(features="standin", cache=tmp_path / "cache", progress=False, batch_size=16)
+    results = evaluate(snapshot, ["fid"], None, options)
+    assert results["fid_num_samples"] == 40 and results["fid_reference"]["count"] == 20
+    assert results["protocol"] == {"fid_num_samples": 40, "reference_split": "train", "reference_count": 20,
+                                   "faded_snapshots": "match"}
+    flagged = evaluate(snapshot, ["fid"], None, dataclasses.replace(options, num_samples=24, reference_count=30))
+    assert flagged["fid_num_samples"] == 24 and flagged["fid_reference"]["count"] == 30
+    assert results["extractor_sha256"] is None and results["extractor_is_standin"]
+    with pytest.raises(ValueError, match="fid_num_samples"):
+        evaluate(snapshot, ["fid"], None, dataclasses.replace(options, num_samples=1))
+
+
+@pytest.mark.parametrize("name", ["ffhq256", "ffhq1024", "celebahq256"])
+def test_the_paper_configs_ask_for_50k_samples_against_the_whole_training_split(name):
+    cfg = load_config(RunConfig, ROOT / "configs" / f"{name}.yaml")
+    assert cfg.eval == EvalConfig(fid_num_samples=50_000, reference_split="train", reference_count=None)
+    with pytest.raises(ConfigError, match=r"eval\.fid_num_sampels"):  # refused before training starts
+        load_config(RunConfig, ROOT / "configs" / f"{name}.yaml", ["eval.fid_num_sampels=100"])

@@ -3,17 +3,27 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from sivae.eval import features as features_module
-from sivae.eval.features import FID_HELPER_SHA256, extract_features, file_sha256, installed_inception, resolve_extractor
+from sivae.eval.compat import import_cleanfid_fid
+from sivae.eval.features import (
+    FID_HELPER_SHA256,
+    StandInExtractor,
+    extract_features,
+    file_sha256,
+    installed_inception,
+    resolve_extractor,
+)
+from sivae.eval.measures import feature_statistics, frechet_distance
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def inception():
-    return resolve_extractor("installed", CPU, CPU)
+    return resolve_extractor("inception", "installed", CPU)
 
 
 def photo_crops(count: int, size: int, seed: int) -> torch.Tensor:
@@ -69,3 +79,33 @@ def test_photo_crops_are_far_closer_to_each_other_than_to_noise_or_flat_colours(
 
     assert 3 * mean_term("first", "second") < mean_term("first", "noise")
     assert 3 * mean_term("first", "second") < mean_term("first", "flat")
+
+
+def save_pngs(images: torch.Tensor, folder) -> str:
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")  # clean-fid reads a folder in sorted order
+    return str(folder)
+
+
+def test_our_features_equal_those_of_clean_fids_own_folder_path(inception, tmp_path):
+    """clean-fid's path (PNG files -> its ResizeDataset, clean mode -> the extractor given as its model) and ours
+    (uint8 tensors -> clean_resize -> the extractor) on the same photographs."""
+    crops = photo_crops(6, 48, seed=3)
+    theirs = import_cleanfid_fid().get_folder_features(save_pngs(crops, tmp_path / "crops"), model=inception,
+                                                       num_workers=0, batch_size=4, device=CPU, mode="clean",
+                                                       verbose=False)
+    np.testing.assert_allclose(extract_features(crops, inception, CPU), theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_our_fid_equals_clean_fids_compute_fid_with_the_same_extractor(tmp_path):
+    """compute_fid(fdir1, fdir2, custom_feat_extractor=...) end to end against our features and FID (the stand-in
+    network as the extractor: a 176-D covariance keeps the matrix square root cheap)."""
+    first, second = photo_crops(40, 32, seed=4), photo_crops(40, 32, seed=5)
+    extractor = StandInExtractor()
+    theirs = import_cleanfid_fid().compute_fid(save_pngs(first, tmp_path / "a"), save_pngs(second, tmp_path / "b"),
+                                               mode="clean", custom_feat_extractor=extractor, num_workers=0,
+                                               batch_size=16, device=CPU, verbose=False)
+    ours = frechet_distance(*feature_statistics(extract_features(first, extractor, CPU)),
+                            *feature_statistics(extract_features(second, extractor, CPU)))
+    assert ours == pytest.approx(theirs, rel=1e-6) and ours > 0
