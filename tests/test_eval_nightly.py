@@ -16,7 +16,8 @@ from sivae.core.config import dump_yaml
 from sivae.core.run_dir import RunDir
 from sivae.core.snapshot import ready_marker
 from sivae.eval.context import EvalOptions
-from sivae.eval.nightly import find_runs, read_results, results_file, run_nightly, try_lock
+from sivae.eval.locks import try_lock
+from sivae.eval.nightly import find_runs, read_results, results_file, run_nightly
 from sivae.eval.report import render_report
 from sivae.launch.cli import main as sivae_main
 
