@@ -205,8 +205,10 @@ def run_nightly(runs_dir: Path, metrics: list[str], options: EvalOptions, env: D
                         say(f"{name}: another evaluator recorded it first (it took over our lock), not recorded twice")
                 if record["status"] == "ok":
                     summary.evaluated.append(name)
+                    features = f" (features {record['extractor']}, sha256 {record['extractor_sha256'] or '-'})" \
+                        if record["extractor"] else ""
                     say(f"{name}: done in {record['seconds']:.1f} s: " + ", ".join(
-                        f"{k} {v:.4g}" for k, v in record["metrics"].items()))
+                        f"{k} {v:.4g}" for k, v in record["metrics"].items()) + features)
                 else:
                     summary.failed.append(f"{name}: {record['error']}")
                     say(f"{name}: FAILED: {record['error']}")

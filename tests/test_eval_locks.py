@@ -143,4 +143,5 @@ def test_one_rank_failing_mid_evaluation_ends_that_snapshot_on_both_and_the_next
     failed = records["snapshot-000000001000.pt"]
     assert failed["status"] == "failed" and failed["error"] == "rank 1: RuntimeError: CUDA out of memory (injected)"
     assert records["snapshot-000000002000.pt"]["status"] == "ok"
+    assert records["snapshot-000000002000.pt"]["extractor"] == "standin-randconv-v1"
     assert "FAILED r/snapshot-000000001000.pt: rank 1: RuntimeError" in outputs[0]

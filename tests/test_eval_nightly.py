@@ -102,6 +102,7 @@ def test_each_snapshot_once_half_written_left_for_later_broken_reported(sets, tm
     report = render_report(find_runs(runs), runs, tmp_path / "report")
     text = report.read_text()
     assert "STAND-IN" in text and "## a" in text and "## group__b" in text and "snapshot-000000002000.pt" in text
+    assert "Features: `standin-randconv-v1`, weights sha256 `- (no weights file)`" in text
     for image in re.findall(r"^!\[[^]]*\]\(([^)]+)\)$", text, flags=re.MULTILINE):
         assert (tmp_path / "report" / image).is_file(), image
     assert {"a-metrics.png", "a-samples.png", "a-reconstructions.png", "a-ood.png"} <= {
