@@ -54,9 +54,11 @@ class ImageModality:
         """Samples from fixed z, and fixed test images above their reconstructions (none without a test split)."""
         z = torch.randn(SAMPLES, model.latent_dim, device=self.device)
         logger.write_image("samples", grid(model.decode(z, pos.lod, pos.blend), columns=8), images)
+        if not self.manifest.split_sizes.get("test"):  # built with --test-fraction 0 (FFHQ for FID): no grid
+            return
         test = next(iter(eval_batches(self.data.path, "test", pos.resolution, RECONSTRUCTIONS)), None)
         if test is not None and bool(test.valid.any()):
-            x = test.images[test.valid].to(self.device)
+            x = fade_real_images(test.images[test.valid].to(self.device), pos.blend)  # as the model sees them
             mu, _ = model.encode(x, pos.lod, pos.blend)
             pairs = torch.cat([x, model.decode(mu, pos.lod, pos.blend)])
             logger.write_image("reconstructions", grid(pairs, columns=max(1, len(x))), images)
