@@ -50,10 +50,20 @@ def launched_by_distributed_launcher() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def local_rank_from_environment() -> int:
+    """This process's index on its node: LOCAL_RANK (torchrun, accelerate, deepspeed, `sivae launch`), else
+    SLURM_LOCALID (a bare srun), else RANK modulo the node's GPUs; never RANK itself, which on a second
+    node names a GPU the node does not have."""
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        if os.environ.get(name, "").strip():
+            return int(os.environ[name])
+    return int(os.environ.get("RANK", "0")) % max(1, torch.cuda.device_count())
+
+
 def init_from_environment(device: str = "auto") -> DistEnv:
     """A single-process env, or (WORLD_SIZE > 1 in the environment) this rank of a new process group."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    local_rank = local_rank_from_environment()
     dev = default_device(local_rank) if device == "auto" else torch.device(device)
     if world_size == 1:
         return DistEnv(0, 1, 0, dev)
