@@ -1,5 +1,5 @@
 """The image modality's sample grids: a data set without a test split (FFHQ built for FID, all images in
-train) trains and writes its samples, just no reconstruction grid."""
+train) trains and shows reconstructions of train images, saying so in the tag."""
 
 import torch
 from eval_helpers import TINY_MODEL, build_image_set, disk_images, tiny_run_config
@@ -17,7 +17,7 @@ class Recorder:
         self.tags.append((tag, array.shape))
 
 
-def test_no_test_split_gives_samples_without_reconstructions_and_a_test_split_gives_both(tmp_path):
+def test_reconstructions_come_from_the_test_split_or_else_from_train_images_said_in_the_tag(tmp_path):
     model = build_model(TINY_MODEL).eval()
     shown = {}
     for fraction in (0.0, 0.25):
@@ -31,4 +31,4 @@ def test_no_test_split_gives_samples_without_reconstructions_and_a_test_split_gi
         with torch.no_grad():
             modality.write_samples(model, pos, 3500, recorder)
         shown[fraction] = [tag for tag, _ in recorder.tags]
-    assert shown == {0.0: ["samples"], 0.25: ["samples", "reconstructions"]}
+    assert shown == {0.0: ["samples", "reconstructions_of_train_images"], 0.25: ["samples", "reconstructions"]}

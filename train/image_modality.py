@@ -51,14 +51,16 @@ class ImageModality:
         return fade_real_images(x, pos.blend)
 
     def write_samples(self, model: VAE, pos: Position, images: int, logger: SampleWriter) -> None:
-        """Samples from fixed z, and fixed test images above their reconstructions (none without a test split)."""
+        """Samples from fixed z, and fixed test images (train images without a test split) above their
+        reconstructions."""
         z = torch.randn(SAMPLES, model.latent_dim, device=self.device)
         logger.write_image("samples", grid(model.decode(z, pos.lod, pos.blend), columns=8), images)
-        if not self.manifest.split_sizes.get("test"):  # built with --test-fraction 0 (FFHQ for FID): no grid
-            return
-        test = next(iter(eval_batches(self.data.path, "test", pos.resolution, RECONSTRUCTIONS)), None)
-        if test is not None and bool(test.valid.any()):
-            x = fade_real_images(test.images[test.valid].to(self.device), pos.blend)  # as the model sees them
+        # a data set built with --test-fraction 0 (FFHQ for FID) shows the first train images instead, said in the tag
+        split, tag = ("test", "reconstructions") if self.manifest.split_sizes.get("test") else \
+            ("train", "reconstructions_of_train_images")
+        shown = next(iter(eval_batches(self.data.path, split, pos.resolution, RECONSTRUCTIONS)), None)
+        if shown is not None and bool(shown.valid.any()):
+            x = fade_real_images(shown.images[shown.valid].to(self.device), pos.blend)  # as the model sees them
             mu, _ = model.encode(x, pos.lod, pos.blend)
             pairs = torch.cat([x, model.decode(mu, pos.lod, pos.blend)])
-            logger.write_image("reconstructions", grid(pairs, columns=max(1, len(x))), images)
+            logger.write_image(tag, grid(pairs, columns=max(1, len(x))), images)
