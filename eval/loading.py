@@ -23,7 +23,7 @@ from sivae.core import deepspeed_checkpoint as ds_checkpoint
 from sivae.core.checkpoint import CheckpointError
 from sivae.core.config import ConfigError, from_dict
 from sivae.core.eval_config import EvalConfig
-from sivae.core.schedule import LevelConfig, position
+from sivae.core.schedule import FadeRamp, LevelConfig, position
 from sivae.data_pipeline.config import DataConfig
 from sivae.models import Model, build_model
 from sivae.models.config import ModelConfig
@@ -42,6 +42,7 @@ class StoredConfig:
     model: ModelConfig
     data: DataConfig
     schedule: list[LevelConfig]
+    fade_ramp: FadeRamp  # how the schedule's fade-ins ramp (the blend of a checkpoint taken mid-fade)
     reconstruction: str  # the objective's observation model: "mse" (Gaussian) or "bce"
     beta_rec: float  # the objective's weight of the reconstruction term
     eval: EvalConfig  # how the run asks to be scored (flags of `sivae eval` override it)
@@ -132,6 +133,8 @@ def run_config(data: Any, where: Path) -> StoredConfig:
             model=from_dict(ModelConfig, data.get("model", {}), "model"),
             data=from_dict(DataConfig, data.get("data", {}), "data"),
             schedule=from_dict(list[LevelConfig], data.get("train", {}).get("schedule"), "train.schedule"),
+            # a config stored before the key existed was trained with the linear ramp
+            fade_ramp=from_dict(FadeRamp, data.get("train", {}).get("fade_ramp", "linear"), "train.fade_ramp"),
             reconstruction=str(data.get("objective", {}).get("reconstruction", "mse")),
             beta_rec=float(data.get("objective", {}).get("beta_rec", 1.0)),
             eval=from_dict(EvalConfig, data.get("eval", {}), "eval"),  # older snapshots: the defaults
@@ -207,7 +210,7 @@ def _from_trainer_state(state: dict[str, Any], path: Path, fmt: str, device: tor
     except (KeyError, TypeError) as exc:
         raise LoadError(f"{path}: checkpoint lacks {exc}") from None
     # a checkpoint does not store the level: it follows from the schedule and the images seen
-    pos = position(cfg.schedule, images / 1000.0)
+    pos = position(cfg.schedule, images / 1000.0, cfg.fade_ramp)
     return LoadedModel(model, cfg, images, pos.lod, pos.blend, pos.resolution, path, fmt)
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from sivae.core.config import require
 from sivae.core.eval_config import EvalConfig
-from sivae.core.schedule import LevelConfig
+from sivae.core.schedule import FadeRamp, LevelConfig
 from sivae.data_pipeline.config import DataConfig
 from sivae.models.config import ModelConfig
 from sivae.train.backend import Precision
@@ -94,6 +94,7 @@ class TrainConfig:
     seed: int = 0
     total_kimg: float | None = None  # null: run to the end of the schedule
     vae_warmup_kimg: float = 0.0  # plain-VAE updates of both nets for the first images
+    fade_ramp: FadeRamp = "sine"  # the reference's sine ramp, or "linear" (core.schedule)
     per_device_batch: int | None = None  # null: global batch / world size (no accumulation)
     precision: Precision = "fp32"
     ema_halflife_kimg: float = 10.0

@@ -145,9 +145,9 @@ class Trainer:
 
     def _loop(self) -> int:
         t = self.cfg.train
-        pos = position(t.schedule, self.progress.images / 1000)  # kept if nothing is left to train
+        pos = position(t.schedule, self.progress.images / 1000, t.fade_ramp)  # kept if nothing is left to train
         while self.progress.images < self.total_images:
-            pos = position(t.schedule, self.progress.images / 1000)
+            pos = position(t.schedule, self.progress.images / 1000, t.fade_ramp)
             if pos.level != self.progress.level:
                 self.enter_level(pos)
             if self.stream is None:
