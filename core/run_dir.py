@@ -61,6 +61,14 @@ class RunDir:
     def check_resume(self, cfg: Any) -> None:
         """Refuse a config that conflicts with the stored one."""
         stored = yaml.safe_load(self.config.read_text())
+        # a key whose default changed since the run started keeps the value the run had (the old default)
+        for dotted, old_default in getattr(type(cfg), "CHANGED_DEFAULTS", {}).items():
+            *parents, name = dotted.split(".")
+            node = stored
+            for part in parents:
+                node = node.setdefault(part, {}) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.setdefault(name, old_default)
         with contextlib.suppress(ConfigError):  # keys added to the schema since the run started take defaults
             stored = to_dict(from_dict(type(cfg), stored))
         new = to_dict(cfg)

@@ -4,10 +4,11 @@ import math
 
 import pytest
 
-from sivae.core.config import ConfigError, from_dict
+from sivae.core.config import ConfigError, dump_yaml, from_dict, to_dict
+from sivae.core.run_dir import RunDir
 from sivae.core.schedule import LevelConfig, fade_blend, position
 from sivae.eval.loading import run_config
-from sivae.train.schema import TrainConfig
+from sivae.train.schema import RunConfig, TrainConfig
 
 LEVELS = [LevelConfig(4, 0, 2), LevelConfig(8, 4, 2), LevelConfig(16, 0, 1)]  # starts at 0, 2 and 8 kimg
 
@@ -44,3 +45,16 @@ def test_the_ramp_is_a_config_choice_sine_by_default_and_old_stored_configs_read
     assert run_config(stored, "x.pt").fade_ramp == "linear"  # written before the key existed
     stored["train"]["fade_ramp"] = "sine"
     assert run_config(stored, "x.pt").fade_ramp == "sine"
+
+
+def test_resuming_a_run_from_before_the_sine_default_keeps_linear_or_says_why_not(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    old = to_dict(RunConfig())
+    del old["train"]["fade_ramp"]  # a config.yaml written before the key existed: that run ramped linearly
+    dump_yaml(old, run.config)
+    with pytest.raises(ConfigError, match=r"train\.fade_ramp: 'linear' -> 'sine'"):
+        run.check_resume(RunConfig())
+    linear = RunConfig()
+    linear.train.fade_ramp = "linear"
+    run.check_resume(linear)  # the run's own ramp: resumes

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from sivae.core.config import require
 from sivae.core.eval_config import EvalConfig
@@ -139,6 +139,10 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     """A whole training run: what `sivae train CONFIG` reads and writes to the run directory."""
+
+    # defaults that changed: a run directory whose stored config lacks the key ran with the old value,
+    # so resuming it with the new default is a conflict that is reported, not a silent change
+    CHANGED_DEFAULTS: ClassVar[dict[str, Any]] = {"train.fade_ramp": "linear"}
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
