@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from sivae.core.config import load_config
+from sivae.core.host_memory import keep_freed_memory
 from sivae.eval.compat import import_torchvision
 from sivae.eval.features import INCEPTION_SIZE, StandInExtractor, clean_resize, resolve_extractor
 from sivae.eval.likelihood import log_likelihood_estimates
@@ -129,15 +130,18 @@ def main() -> None:
     p.add_argument("--images", type=int, default=32, help="images per feature batch / most images per IW row")
     p.add_argument("--iw-decodes", type=int, default=256, help="decoder passes per IW row (images = this / K)")
     p.add_argument("--decode-batch", type=int, default=64)
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc keeps freed blocks for reuse (what `sivae eval` does on the CPU)")
     p.add_argument("--skip-features", action="store_true")
     p.add_argument("--skip-iw", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     device = torch.device(args.device)
     print(f"# eval speed on {platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "") +
-          f", torch {torch.__version__}, {torch.get_num_threads()} threads, load average before "
-          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+          f", torch {torch.__version__}, {torch.get_num_threads()} threads, freed memory kept: {kept}, "
+          f"load average before {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print()
     if not args.skip_features:
         print("\n".join(feature_rows(args, device)))

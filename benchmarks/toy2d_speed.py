@@ -25,7 +25,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from sivae.train.host_memory import keep_freed_memory
+from sivae.core.host_memory import keep_freed_memory
 from sivae.train.schema import ObjectiveConfig
 from sivae.train.steps import training_step
 from sivae.train.toy2d.datasets import SAMPLERS

@@ -1,4 +1,4 @@
-"""train.host_memory: freed blocks stay in the process, so the next iteration's tensors fault no pages in."""
+"""core.host_memory: freed blocks stay in the process, so the next iteration's tensors fault no pages in."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 # (batch 512, MLPs of 3 x 256) after a warm-up.
 PROBE = """
 import resource, torch
-from sivae.train.host_memory import keep_freed_memory
+from sivae.core.host_memory import keep_freed_memory
 applied = keep_freed_memory()
 from sivae.train.steps import training_step
 from sivae.train.toy2d.datasets import SAMPLERS

@@ -23,6 +23,7 @@ from sivae.core.config import dump_yaml, require, to_dict
 from sivae.core.distributed import single_process_env
 from sivae.core.elbo import kl_divergence, reconstruction_error
 from sivae.core.fileio import atomic_write, atomic_write_text
+from sivae.core.host_memory import keep_freed_memory
 from sivae.core.run_dir import RunDir
 from sivae.core.schedule import LevelConfig
 from sivae.data_pipeline.config import DataConfig
@@ -31,7 +32,6 @@ from sivae.models.base import VAE
 from sivae.models.config import ModelConfig
 from sivae.train.backend import LocalBackend
 from sivae.train.exit_codes import EXIT_OK
-from sivae.train.host_memory import keep_freed_memory
 from sivae.train.schema import ObjectiveConfig, OptimizerConfig, RunConfig, TrainConfig
 from sivae.train.toy2d import metrics, plots
 from sivae.train.toy2d.datasets import HALF_RANGE, SAMPLERS
@@ -199,7 +199,7 @@ def run(
     """Train, evaluate and write config.yaml, metrics.json, history.json and the PNGs to `out`.
 
     `threads` sets torch's intra-op threads (None keeps the current setting). The process keeps freed
-    memory for reuse (train.host_memory)."""
+    memory for reuse (core.host_memory)."""
     keep_freed_memory()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
