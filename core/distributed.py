@@ -99,8 +99,7 @@ _agreeing = False  # inside a failure_agreement block (collectives check their p
 
 def _highest_failed_rank(failed: bool) -> int | None:
     """One all-reduce of (rank + 1 if this rank failed else 0): the highest failed rank, or None."""
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    flag = torch.tensor([dist.get_rank() + 1 if failed else 0], dtype=torch.int64, device=device)
+    flag = torch.tensor([dist.get_rank() + 1 if failed else 0], dtype=torch.int64, device=_collective_device())
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item()) - 1 if flag.item() else None
 
@@ -178,8 +177,9 @@ def all_true(flag: torch.Tensor, world_size: int) -> bool:
     return bool(flag.item())
 
 
-def _collective_device(env: DistEnv) -> torch.device:
-    return env.device if dist.get_backend() == "nccl" else torch.device("cpu")
+def _collective_device() -> torch.device:
+    """Where collective tensors live: this rank's GPU under NCCL (set by init_from_environment), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def gather_rows(rows: np.ndarray, env: DistEnv) -> np.ndarray:
@@ -187,7 +187,7 @@ def gather_rows(rows: np.ndarray, env: DistEnv) -> np.ndarray:
     if env.world_size == 1:
         return rows
     _check_peers(env.world_size)
-    device = _collective_device(env)
+    device = _collective_device()
     counts = torch.zeros(env.world_size, dtype=torch.int64, device=device)
     counts[env.rank] = rows.shape[0]
     dist.all_reduce(counts)

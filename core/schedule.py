@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from sivae.core.config import require
 
 FadeRamp = Literal["sine", "linear"]
-FADE_RAMPS = ("sine", "linear")
+LEGACY_FADE_RAMP: FadeRamp = "linear"  # what a config stored before `train.fade_ramp` existed trained with
 
 
 def fade_blend(fraction: float, ramp: FadeRamp) -> float:
@@ -26,7 +26,7 @@ def fade_blend(fraction: float, ramp: FadeRamp) -> float:
         return math.sin(math.pi * t - math.pi / 2) / 2 + 0.5
     if ramp == "linear":
         return t
-    raise ValueError(f"fade ramp must be one of {FADE_RAMPS}, got {ramp!r}")
+    raise ValueError(f"fade ramp must be one of {get_args(FadeRamp)}, got {ramp!r}")
 
 
 def resolution_of(lod: int) -> int:

@@ -218,7 +218,7 @@ class EvalContext:
         manifest = self.manifest(self.data_dir, split)
         key = stats_cache.ReferenceKey(manifest.digest, split, self.resolution,
                                        self.split_count(manifest, split, limit), self.extractor.id,
-                                       round(min(self.loaded.blend, 1.0), 6))
+                                       round(self.loaded.blend, 6))
         path = stats_cache.cache_dir(self.options.cache) / key.filename()
         entry = stats_cache.read_entry(path, key) if self.env.is_main else None
         if broadcast_object(entry is not None, self.env.world_size):

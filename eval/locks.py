@@ -72,6 +72,7 @@ class FileLock:
         self.token = uuid.uuid4().hex
         self.held = False
         self.lost = False  # another process took it over while we held it (we were thought dead)
+        self._acquired = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -130,7 +131,7 @@ class FileLock:
             self._take_over(info)
             if not self._create():
                 return False
-        self.held, self.lost = True, False
+        self.held, self.lost, self._acquired = True, False, time.time()
         self._stop.clear()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat {self.path.name}", daemon=True)
         self._thread.start()
@@ -153,14 +154,13 @@ class FileLock:
         return self.held and info is not None and info.token == self.token
 
     def _beat(self) -> None:
-        acquired = time.time()
         while not self._stop.wait(self.heartbeat_s):
             if not self.still_held():
                 self.lost = True
                 return
             try:
                 with open(self.path, "r+b") as f:  # in place: a rename could replace another holder's file
-                    f.write(self._contents(acquired))
+                    f.write(self._contents(self._acquired))
                     f.truncate()
             except FileNotFoundError:
                 self.lost = True

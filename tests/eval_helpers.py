@@ -56,6 +56,12 @@ def build_image_set(root: Path, images: np.ndarray, *, test_fraction: float = 0.
     return root / "set"
 
 
+def nightly_data(root: Path) -> dict[str, Path]:
+    """The nightly tests' data: a disk set (trained on), a stripe set (OOD) and a reference cache directory."""
+    return {"disks": build_image_set(root / "disks", disk_images(60, 16, seed=0)),
+            "stripes": build_image_set(root / "stripes", stripe_images(24, 16, seed=1)), "cache": root / "cache"}
+
+
 def tiny_run_config(data: Path, model: ModelConfig = TINY_MODEL, beta_rec: float = 0.5) -> RunConfig:
     levels = [LevelConfig(resolution=4 * 2**i, fade_in_kimg=1.0 if i else 0.0, stable_kimg=1.0)
               for i in range(model.max_lod + 1)]

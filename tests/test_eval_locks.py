@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from eval_helpers import build_image_set, disk_images, stripe_images
+from eval_helpers import nightly_data
 from process_helpers import rendezvous_env, run_together
 from test_eval_nightly import cli_args, lines, make_run, options
 
@@ -23,9 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("locks-data")
-    return {"disks": build_image_set(root / "disks", disk_images(60, 16, seed=0)),
-            "stripes": build_image_set(root / "stripes", stripe_images(24, 16, seed=1)), "cache": root / "cache"}
+    return nightly_data(tmp_path_factory.mktemp("locks-data"))
 
 
 def contend(path: str, start, done, queue) -> None:

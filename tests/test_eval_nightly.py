@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from eval_helpers import build_image_set, disk_images, stripe_images, tiny_run_config, tiny_snapshot
+from eval_helpers import nightly_data, tiny_run_config, tiny_snapshot
 from process_helpers import rendezvous_env, run_together
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -27,9 +27,7 @@ METRICS = ["fid", "recon", "ood"]
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nightly-data")
-    return {"disks": build_image_set(root / "disks", disk_images(60, 16, seed=0)),
-            "stripes": build_image_set(root / "stripes", stripe_images(24, 16, seed=1)), "cache": root / "cache"}
+    return nightly_data(tmp_path_factory.mktemp("nightly-data"))
 
 
 def options(sets, **changes):

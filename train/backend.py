@@ -243,8 +243,8 @@ class LocalBackend(Backend):
         name = broadcast_object(found[0].name if found else None, self.world_size)
         if name is None:
             return None
-        state, error = (found[1], None) if found else (None, None)
-        if state is None:
+        state, error = (found[1] if found else None), None
+        if found is None:
             try:
                 state = checkpoint.load(Path(directory) / name)
             except checkpoint.CheckpointError as exc:

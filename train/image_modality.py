@@ -38,17 +38,19 @@ class ImageModality:
             self.manifest.check("train", level.resolution)
 
     def stream(self, pos: Position, place: StreamPlace) -> Iterator[HostBatch]:
-        d = self.data
+        d, cuda = self.data, self.device.type == "cuda"
         stream = TrainStream(d.path, pos.resolution, place.per_device_batch, rank=place.rank,
                              world_size=place.world_size, seed=place.seed, start_batch=place.start_batch,
-                             workers=d.workers, shuffle_buffer=d.shuffle_buffer, flip=d.flip, as_uint8=True,
-                             pin_memory=self.device.type == "cuda")  # fmt: skip
+                             workers=d.workers, shuffle_buffer=d.shuffle_buffer, flip=d.flip, as_uint8=cuda,
+                             pin_memory=cuda)  # fmt: skip
         return (HostBatch(batch.images, batch.skipped) for batch in stream)
 
     def model_input(self, batch: HostBatch, pos: Position) -> Tensor:
-        # uint8 leaves the loader (pinned on CUDA: a quarter of the float bytes, copied asynchronously) and
-        # becomes [-1, 1] floats on the device; the same bits as the loader's own conversion on the CPU
-        x = to_unit_range(batch.data.to(self.device, non_blocking=True))
+        # for a GPU, uint8 leaves the loader (pinned: a quarter of the float bytes, copied asynchronously) and
+        # becomes [-1, 1] floats there; on the CPU the loader's workers convert (the same bits)
+        x = batch.data.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = to_unit_range(x)
         if self.train_cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return fade_real_images(x, pos.blend)

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from sivae.core.config import require
 from sivae.core.eval_config import EvalConfig
-from sivae.core.schedule import FadeRamp, LevelConfig
+from sivae.core.schedule import LEGACY_FADE_RAMP, FadeRamp, LevelConfig
 from sivae.data_pipeline.config import DataConfig
 from sivae.models.config import ModelConfig
 from sivae.train.backend import Precision
@@ -142,7 +142,7 @@ class RunConfig:
 
     # defaults that changed: a run directory whose stored config lacks the key ran with the old value,
     # so resuming it with the new default is a conflict that is reported, not a silent change
-    CHANGED_DEFAULTS: ClassVar[dict[str, Any]] = {"train.fade_ramp": "linear"}
+    CHANGED_DEFAULTS: ClassVar[dict[str, Any]] = {"train.fade_ramp": LEGACY_FADE_RAMP}
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
