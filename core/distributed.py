@@ -169,12 +169,26 @@ def barrier(world_size: int) -> None:
 
 def all_true(flag: torch.Tensor, world_size: int) -> bool:
     """Whether `flag` holds on every rank (so that every rank takes the same decision)."""
+    return bool(all_true_on_device(flag, world_size))
+
+
+def all_true_on_device(flag: torch.Tensor, world_size: int) -> torch.Tensor:
+    """`flag` and-ed over every rank, as a bool tensor where `flag` lives: no host read (an all-reduce on
+    the GPU is queued like a kernel)."""
     if world_size == 1:
-        return bool(flag)
+        return flag.bool()
     _check_peers(world_size)
-    flag = flag.to(torch.int32).reshape(1)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    agreed = flag.to(torch.int32).reshape(1)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return agreed.reshape(flag.shape).bool()
+
+
+def broadcast_buffers(module: torch.nn.Module, world_size: int) -> None:
+    """Rank 0's buffers (running statistics, tracked averages) in `module` on every rank."""
+    if world_size > 1:
+        _check_peers(world_size)
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def _collective_device() -> torch.device:

@@ -16,13 +16,16 @@ import yaml
 
 from sivae.core.config import ConfigError, diff, dump_yaml, from_dict, to_dict
 
-# Keys a resumed run may change: they do not alter what has been trained so far.
+# Keys a resumed run may change: they do not alter what has been trained so far (nor the algorithm: fused Adam
+# is the same update as the for-loop Adam, rounded differently, with the same state).
 RESUMABLE_CHANGES = (
     "train.total_kimg",
     "train.checkpoint_every_kimg",
     "train.snapshot_every_kimg",
     "train.sample_every_kimg",
     "train.log_every_kimg",
+    "train.check_every_iterations",
+    "train.optimizer.fused",
     "train.keep_checkpoints",
     "data.path",
 )

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from sivae.core.schedule import lod_of, resolution_of
 
-__all__ = ["downsample", "fade_real_images", "lod_of", "resolution_of", "upsample"]
+__all__ = ["downsample", "fade_real_images", "lod_of", "parameters_unused_at", "resolution_of", "upsample"]
 
 
 def downsample(x: Tensor) -> Tensor:
@@ -36,3 +36,18 @@ def fade_real_images(x: Tensor, blend: float) -> Tensor:
     if blend >= 1.0:
         return x
     return torch.lerp(upsample(downsample(x)), x, float(blend))
+
+
+def parameters_unused_at(network: nn.Module, lod: int, blend: float, *, blocks: str, rgb: str) -> set[str]:
+    """Names of the parameters of a progressive network that a forward pass at (lod, blend) leaves
+    without gradient: the blocks above `lod` (ModuleList `blocks`, one per level) and the RGB layers
+    (ModuleList `rgb`) of every level but `lod`, and `lod - 1` while it fades in. Data parallelism
+    reduces only the others."""
+    rgb_used = {lod, lod - 1} if lod > 0 and blend < 1.0 else {lod}
+    unused = set()
+    for name, _ in network.named_parameters():
+        head, _, rest = name.partition(".")
+        level = int(rest.split(".")[0]) if head in (blocks, rgb) else None
+        if (head == blocks and level > lod) or (head == rgb and level not in rgb_used):
+            unused.add(name)
+    return unused

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from sivae.models.config import ModelConfig
 from sivae.models.equalized import EqualizedConv2d, EqualizedLinear
 from sivae.models.mapping import MappingNetwork
-from sivae.models.progressive import resolution_of, upsample
+from sivae.models.progressive import parameters_unused_at, resolution_of, upsample
 from sivae.models.style_layers import LEAK, Blur, NoiseInjection, ToRGB, clamp_fp16
 
 INSTANCE_NORM_EPS = 1e-8
@@ -129,6 +129,10 @@ class StyleDecoder(nn.Module):
             psi[:, self.truncation_cutoff:] = 1.0
             styles = torch.lerp(self.w_avg.to(styles.dtype), styles, psi.to(styles.dtype))
         return styles
+
+    def parameters_unused_at(self, lod: int | None, blend: float) -> set[str]:
+        """The parameters a forward pass at (lod, blend) gives no gradient (for data parallelism)."""
+        return parameters_unused_at(self, self.max_lod if lod is None else lod, blend, blocks="blocks", rgb="to_rgb")
 
     def forward(self, z: Tensor, lod: int | None = None, blend: float = 1.0, mixing: bool = False, *,
                 truncation_psi: float | None = None, noise: bool = True) -> Tensor:

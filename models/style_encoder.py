@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from sivae.models.config import ModelConfig
 from sivae.models.equalized import EqualizedConv2d, EqualizedLinear
 from sivae.models.mapping import MappingNetwork
-from sivae.models.progressive import downsample, resolution_of
+from sivae.models.progressive import downsample, parameters_unused_at, resolution_of
 from sivae.models.style_layers import LEAK, Blur, FromRGB, channel_statistics, clamp_fp16
 
 INSTANCE_NORM_EPS = 1e-5
@@ -73,6 +73,10 @@ class StyleEncoder(nn.Module):
             cfg.latent_dim, cfg.latent_dim, 2 * cfg.latent_dim, cfg.encoder_mapping_layers,
             lr_mult=cfg.mapping_lr_mult, normalize_input=False,
         )
+
+    def parameters_unused_at(self, lod: int | None, blend: float) -> set[str]:
+        """The parameters a forward pass at (lod, blend) gives no gradient (for data parallelism)."""
+        return parameters_unused_at(self, self.max_lod if lod is None else lod, blend, blocks="blocks", rgb="from_rgb")
 
     def forward(self, x: Tensor, lod: int | None = None, blend: float = 1.0) -> tuple[Tensor, Tensor]:
         lod = self.max_lod if lod is None else lod

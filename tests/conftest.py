@@ -17,6 +17,15 @@ def digits16(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def digits32(tmp_path_factory) -> Path:
+    """The digits with levels 4 to 32px."""
+    out = tmp_path_factory.mktemp("data") / "digits32"
+    code = sivae(["data", "build", "--source", "digits", "--out", str(out), "--max-resolution", "32", "--upsample"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def deepspeed_ops():
     """DeepSpeed's CPU communication op, built once before any test starts DeepSpeed ranks (several ranks
     building it at once can crash; the launchers do the same before they start ranks)."""

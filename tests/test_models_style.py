@@ -119,6 +119,11 @@ def test_gradients_reach_exactly_the_active_parameters(lod, blend):
     soft_intro_step(backend, torch.randn(4, 3, side, side), cfg, scale=1.0 / (3 * side * side))
     assert not backend.bad_grad
     assert backend.got_grad == expected_active(lod, blend)
+    # what each network declares unused (data parallelism reduces only the rest) is exactly what got no gradient
+    for net in ("encoder", "decoder"):
+        declared = {f"{net}.{n}" for n in model.network(net).parameters_unused_at(lod, blend)}
+        every = {n for n, _ in model.named_parameters() if n.startswith(f"{net}.")}
+        assert declared == every - backend.got_grad, net
 
 
 def test_same_seed_same_output_in_training_mode():

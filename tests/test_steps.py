@@ -1,5 +1,7 @@
 """Gradient-flow and freeze rules of the training steps, on the MLP model."""
 
+import copy
+
 import pytest
 import torch
 
@@ -136,11 +138,15 @@ def test_non_finite_loss_is_skipped_and_counted():
     x = X.clone()
     x[0, 0] = float("nan")
     soft_intro_step(backend, x, CFG, 0.5)
-    assert backend.skipped["encoder"] == 1 and backend.skipped["decoder"] == 1
-    assert backend.consecutive_skips == 2
     assert not any(changed(before, model))
+    assert backend.read_skips() == 2  # the encoder's and the decoder's updates, in a row
+    assert backend.skipped["encoder"] == 1 and backend.skipped["decoder"] == 1
+    soft_intro_step(backend, x, CFG, 0.5)
+    assert backend.read_skips() == 4, "a run of skips counts on across reads"
     soft_intro_step(backend, X, CFG, 0.5)
-    assert backend.consecutive_skips == 0
+    assert backend.read_skips() == 4, "the run that reached into this window, in full"
+    soft_intro_step(backend, X, CFG, 0.5)
+    assert backend.read_skips() == 0 and backend.skipped == {"encoder": 2, "decoder": 2}
 
 
 def test_non_finite_gradient_is_skipped():
@@ -152,7 +158,7 @@ def test_non_finite_gradient_is_skipped():
     with backend.train_only("encoder"):
         backend.backward("encoder", loss)
         applied = backend.step("encoder")
-    assert not applied and backend.skipped["encoder"] == 1
+    assert not applied and backend.read_skips() == 1 and backend.skipped["encoder"] == 1
     assert not any(changed(before, model))
 
 
@@ -192,3 +198,34 @@ def test_micro_batches_give_the_update_of_the_whole_batch(monkeypatch, objective
     # (intro: the hinge on the batch-mean KL is linear while every micro-batch stays below the margin)
     if objective == "soft-intro":  # the exp terms are means too
         torch.testing.assert_close(stats_whole["exp_elbo_fake"], stats_split["exp_elbo_fake"])
+
+
+def test_fused_adam_skips_a_non_finite_update_on_the_device(monkeypatch):
+    """Fused Adam takes the finiteness as found_inf: parameters, moments and step counts stay as they
+    were, with no host read of the flag (bool() of a tensor fails in this test)."""
+    torch.manual_seed(0)
+    model = mlp_vae(data_dim=2, latent_dim=2, hidden=16, hidden_layers=1)
+    opts = {n: torch.optim.Adam(getattr(model, n).parameters(), lr=1e-2, fused=True) for n in ("encoder", "decoder")}
+    backend = LocalBackend(model, opts)
+    soft_intro_step(backend, X, CFG, 0.5)  # moments and step counts exist now
+    state = {n: copy.deepcopy(o.state_dict()) for n, o in opts.items()}
+    before = snapshot(model)
+
+    def no_host_read(self):
+        raise AssertionError("a host read in the update")
+
+    x = X.clone()
+    x[0, 0] = float("nan")
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "__bool__", no_host_read)
+        soft_intro_step(backend, x, CFG, 0.5)
+    assert not any(changed(before, model))
+    for name, opt in opts.items():
+        for key, saved in state[name]["state"].items():
+            now = opt.state_dict()["state"][key]
+            assert all(torch.equal(saved[k], now[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert backend.read_skips() == 2
+    soft_intro_step(backend, X, CFG, 0.5)
+    assert all(changed(before, model))
+    backend.read_skips()
+    assert backend.skipped == {"encoder": 1, "decoder": 1}

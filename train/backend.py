@@ -17,6 +17,13 @@ them (Soft-IntroVAE's encoder phase reaches the encoder through the frozen decod
 versa); a frozen network is called unwrapped, so DDP and DeepSpeed do not wait for gradients it
 will never produce. Each phase has its own gradient scaler and count of skipped updates: one
 backward cannot be scaled by two factors, and an overflow in one phase says nothing of another.
+
+No update reads a value back to the host. Whether an update is finite is a device tensor (agreed
+by every rank through an all-reduce that stays on the device); fused Adam takes it as `found_inf`
+and skips on the device, and the skip counters are device tensors too. The trainer reads them
+(`read_skips`, one host read) every few iterations and at its cadences, where it decides on a
+rollback. On a GPU, a host read waits for every queued kernel: one per phase would stall the GPU
+twice per iteration at the small levels.
 """
 
 from __future__ import annotations
@@ -56,8 +63,10 @@ class Backend:
         self.blend: float = 1.0
         self.phase = ""  # the name of the phase running now ("" outside one)
         self.updating: tuple[str, ...] = model.networks  # the networks that train now
-        self.skipped: dict[str, int] = {}  # per phase, from its first update on
-        self.consecutive_skips = 0
+        self.skipped: dict[str, int] = {}  # per phase, from its first update on, as of the last read_skips
+        self._unread_skips: dict[str, Tensor] = {}  # per phase, on the device, since the last read_skips
+        self._skip_run: Tensor | None = None  # consecutive skipped updates now (device)
+        self._skip_peak: Tensor | None = None  # the longest such run since the last read_skips (device)
 
     @property
     def latent_dim(self) -> int:
@@ -121,16 +130,42 @@ class Backend:
         networks that train now."""
         raise NotImplementedError
 
-    def step(self, phase: str) -> bool:
+    def step(self, phase: str) -> Tensor:
         """Apply the accumulated gradients of the networks that train now, unless a loss or gradient was
         non-finite (then count the skip against `phase`). Clears the gradients either way; returns whether
-        the update was applied."""
+        the update was applied (a bool tensor on the device: reading it is a host sync)."""
         raise NotImplementedError
 
-    def record(self, phase: str, applied: bool) -> bool:
-        self.skipped[phase] = self.skipped.get(phase, 0) + (not applied)
-        self.consecutive_skips = 0 if applied else self.consecutive_skips + 1
-        return applied
+    def record(self, phase: str, applied: Tensor | bool) -> Tensor:
+        """Count an update of `phase` on the device (no host read)."""
+        skipped = ~torch.as_tensor(applied, device=self.device).reshape(())
+        if self._skip_run is None:
+            self._skip_run = torch.zeros((), dtype=torch.int64, device=self.device)
+            self._skip_peak = torch.zeros_like(self._skip_run)
+        self.skipped.setdefault(phase, 0)
+        unread = self._unread_skips.get(phase)
+        self._unread_skips[phase] = skipped.long() if unread is None else unread + skipped
+        self._skip_run = (self._skip_run + 1) * skipped
+        self._skip_peak = torch.maximum(self._skip_peak, self._skip_run)
+        return ~skipped
+
+    def read_skips(self) -> int:
+        """Fold the device's skip counts into `skipped` with one host read; returns the longest run of
+        consecutive skipped updates since the previous read (a run still going counts)."""
+        if self._skip_run is None:
+            return 0
+        phases = list(self._unread_skips)
+        peak, *counts = torch.stack([self._skip_peak, *(self._unread_skips[p] for p in phases)]).tolist()
+        for phase, count in zip(phases, counts):
+            self.skipped[phase] += count
+        self._unread_skips = {}
+        self._skip_peak = self._skip_run.clone()
+        return peak
+
+    def reset_skips(self, skipped: dict[str, int]) -> None:
+        """Counts as a checkpoint holds them, with no run of skips going (a resume or a rollback)."""
+        self.skipped = dict(skipped)
+        self._unread_skips, self._skip_run, self._skip_peak = {}, None, None
 
     # ---- levels and checkpoints -----------------------------------------------------------
     def set_layout(self, per_device_batch: int, accumulation: int) -> None:
@@ -187,26 +222,36 @@ class LocalBackend(Backend):
         self._losses_finite = finite if self._losses_finite is None else self._losses_finite & finite
         self.scaler(phase).scale(loss).backward()
 
-    def agree(self, flag: Tensor) -> bool:
-        """Whether `flag` holds (on every process, for the distributed backends)."""
-        return bool(flag)
+    def agree(self, flag: Tensor) -> Tensor:
+        """`flag` and-ed over every process (the distributed backends), left on the device."""
+        return flag
 
-    def step(self, phase: str) -> bool:
+    def step(self, phase: str) -> Tensor:
         optimizers, scaler = [self.optimizers[name] for name in self.updating], self.scaler(phase)
         for opt in optimizers:
-            scaler.unscale_(opt)
+            scaler.unscale_(opt)  # fp16 only; a disabled scaler does nothing
         params = [p for opt in optimizers for g in opt.param_groups for p in g["params"] if p.grad is not None]
         grads = [p.grad for p in params]
+        # the total norm is the finiteness check (one read of the gradients, on the device) and the clip's input
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
         finite = torch.isfinite(norm)
         if self._losses_finite is not None:
             finite = finite & self._losses_finite
         applied = self.agree(finite)
-        if applied:
-            if self.grad_clip:
-                torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+        if self.grad_clip:
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+        if all(getattr(opt, "_step_supports_amp_scaling", False) for opt in optimizers):
+            # fused Adam skips on the device when found_inf is 1, its step counts included: no host read
+            found_inf = (~applied).float()
             for opt in optimizers:
-                scaler.step(opt)
+                opt.found_inf = found_inf
+                try:
+                    opt.step()
+                finally:
+                    del opt.found_inf
+        elif bool(applied):  # an optimizer that cannot skip on the device: one host read per phase
+            for opt in optimizers:
+                opt.step()
         scaler.update()
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)

@@ -55,7 +55,15 @@ from torch import Tensor, nn
 from sivae.core import deepspeed_checkpoint as ds_ckpt
 from sivae.core.checkpoint import CheckpointError
 from sivae.core.config import ConfigError, merge
-from sivae.core.distributed import DistEnv, all_true, barrier, broadcast_object, default_device, free_port
+from sivae.core.distributed import (
+    DistEnv,
+    all_true,
+    barrier,
+    broadcast_buffers,
+    broadcast_object,
+    default_device,
+    free_port,
+)
 from sivae.models.base import Model
 from sivae.train.backend import Backend, Precision
 from sivae.train.schema import DeepSpeedConfig
@@ -223,16 +231,7 @@ class DeepSpeedBackend(Backend):
             for engine in engines:
                 engine.step()
                 applied = applied and engine.was_step_applied()
-        self._broadcast_buffers(engines)
         return self.record(phase, applied)
-
-    def _broadcast_buffers(self, engines: list) -> None:
-        """Rank 0's buffers (the decoder's tracked average w) on every rank, as DDP's broadcast_buffers does:
-        each rank's forward passes move them with its own samples, and only rank 0's are saved."""
-        if self.world_size > 1:
-            for engine in engines:
-                for buffer in engine.module.buffers():
-                    dist.broadcast(buffer, src=0)
 
     def set_layout(self, per_device_batch: int, accumulation: int) -> None:
         for engine in self.engines.values():
@@ -244,6 +243,10 @@ class DeepSpeedBackend(Backend):
         path = ds_ckpt.checkpoint_dir(directory, images)
         if ds_ckpt.is_complete(path):  # a finished run started again: this state is saved already
             return
+        # each rank's forward passes move the buffers (the decoder's tracked average w) with its own samples;
+        # only rank 0's are saved and read, so every rank takes them here, not after every update
+        for engine in self.engines.values():
+            broadcast_buffers(engine.module, self.world_size)
         if self.rank == 0 and path.exists():
             shutil.rmtree(path)  # an interrupted write of this same checkpoint before a crash
         barrier(self.world_size)

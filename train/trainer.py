@@ -32,6 +32,7 @@ from sivae.train.ema import ema_beta, update_ema
 from sivae.train.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from sivae.train.logger import Logger
 from sivae.train.modality import Modality, StreamPlace, make_modality
+from sivae.train.performance import compile_networks, start_level_compilation, use_fast_cuda_math
 from sivae.train.schema import ObjectiveConfig, RunConfig
 from sivae.train.steps import training_step
 
@@ -95,9 +96,10 @@ class Trainer:
         self.optimizers = make_optimizers(self.model, cfg)
         self.backend = self.make_backend(accelerator)
         self.ema.load_state_dict(self.model.state_dict())
+        if env.device.type == "cuda":
+            use_fast_cuda_math()
         if t.compile:
-            for name in self.model.networks:
-                self.model.network(name).compile()
+            compile_networks(self.model, t.compile_backend)
         self.progress = Progress()
         self.stream = None
         self.stop_requested = False
@@ -165,13 +167,15 @@ class Trainer:
             self.progress.level_iterations += 1
             if self.logger:
                 self.logger.accumulate(stats)
-            if self.backend.consecutive_skips >= t.max_consecutive_skips:
-                self.roll_back()
+            events = self.events_due(images_before)
+            looks = bool(events) or self.progress.iteration % t.check_every_iterations == 0
+            if looks and (skips := self.backend.read_skips()) >= t.max_consecutive_skips:
+                self.roll_back(skips)
                 continue
-            self.after_iteration(images_before, pos)
+            self.after_iteration(events, pos)
             if self.on_iteration is not None:
                 self.on_iteration(self.progress)
-            if self.agree_to_stop():
+            if self.agree_to_stop(looks):
                 self.save_checkpoint()
                 self.log(f"stop signal: checkpoint written at kimg {self.progress.images / 1000:.3f}; exiting")
                 return EXIT_PREEMPTED
@@ -185,23 +189,30 @@ class Trainer:
         )
         return EXIT_OK
 
-    def after_iteration(self, images_before: int, pos: Position) -> None:
-        """Cadence events, each when the image count crosses a multiple of its interval."""
+    def events_due(self, images_before: int) -> set[str]:
+        """The cadences whose interval the last iteration crossed (all of them at the end of the run)."""
         t, now = self.cfg.train, self.progress.images
+        every_kimg = {"log": t.log_every_kimg, "samples": t.sample_every_kimg,
+                      "checkpoint": t.checkpoint_every_kimg, "snapshot": t.snapshot_every_kimg}  # fmt: skip
+        due = set()
+        for event, kimg in every_kimg.items():
+            every = max(1, round(kimg * 1000))
+            if now // every > images_before // every or now >= self.total_images:
+                due.add(event)
+        return due
 
-        def crossed(every_kimg: float) -> bool:
-            every = max(1, round(every_kimg * 1000))
-            return now // every > images_before // every or now >= self.total_images
-
-        if self.logger and crossed(t.log_every_kimg):
+    def after_iteration(self, events: set[str], pos: Position) -> None:
+        """The cadence events due now (the skip counters were read just before)."""
+        now = self.progress.images
+        if self.logger and "log" in events:
             self.progress.skipped_updates = dict(self.backend.skipped)
             lr = next(iter(self.optimizers.values())).param_groups[0]["lr"]  # set_lr gives all the same
             self.logger.write_scalars(now, pos, lr, self.progress, self._memory_bytes())
-        if crossed(t.sample_every_kimg):
+        if "samples" in events:
             self.save_samples(pos)
-        if crossed(t.checkpoint_every_kimg) and now < self.total_images:
+        if "checkpoint" in events and now < self.total_images:
             self.save_checkpoint()
-        if crossed(t.snapshot_every_kimg) and now < self.total_images:
+        if "snapshot" in events and now < self.total_images:
             self.save_snapshot(pos)
 
     # ---- data and schedule ------------------------------------------------------------------
@@ -223,6 +234,8 @@ class Trainer:
             self.backend.reset_optimizer()
         self.progress.level, self.progress.level_iterations = pos.level, 0
         self.stream = None
+        if self.cfg.train.compile:
+            start_level_compilation()
         at = f"{pos.resolution}px, " if pos.resolution is not None else ""
         self.log(f"level {pos.level}: {at}global batch {pos.config.batch}, lr {pos.config.lr:g}")
 
@@ -286,6 +299,7 @@ class Trainer:
     # ---- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The trainer's own state; the backend saves it with the networks' and optimizers' (save_checkpoint)."""
+        self.backend.read_skips()
         self.progress.skipped_updates = dict(self.backend.skipped)
         return {
             "ema": self.ema.state_dict(),
@@ -298,7 +312,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.ema.load_state_dict(state["ema"])
         self.progress = Progress(**state["progress"])
-        self.backend.skipped = dict(self.progress.skipped_updates)
+        self.backend.reset_skips(self.progress.skipped_updates)
         if state["world_size"] == self.env.world_size:
             checkpoint.restore_rng(state["rng"][self.env.rank])
         else:
@@ -320,8 +334,8 @@ class Trainer:
         self.log(f"resumed at kimg {self.progress.images / 1000:.3f} from {name}")
         return True
 
-    def roll_back(self) -> None:
-        skips, rollbacks = self.backend.consecutive_skips, self.progress.rollbacks + 1
+    def roll_back(self, skips: int) -> None:
+        rollbacks = self.progress.rollbacks + 1
         where = f"kimg {self.progress.images / 1000:.3f}"
         if rollbacks > self.cfg.train.max_rollbacks:
             raise TrainingDiverged(
@@ -334,7 +348,6 @@ class Trainer:
             raise TrainingDiverged(f"{skips} consecutive non-finite updates at {where}, before any checkpoint")
         self.progress.rollbacks = rollbacks
         torch.manual_seed(self.noise_seed(rollbacks))
-        self.backend.consecutive_skips = 0
 
     def save_snapshot(self, pos: Position) -> None:
         if self.env.is_main:
@@ -368,10 +381,13 @@ class Trainer:
 
         return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
 
-    def agree_to_stop(self) -> bool:
-        """Every rank stops at the same iteration if any rank got a stop signal."""
+    def agree_to_stop(self, looks: bool) -> bool:
+        """Every rank stops at the same iteration if any rank got a stop signal: one process looks every
+        iteration, several agree on the iterations the host looks at the device (a collective)."""
         if self.env.world_size == 1:
             return self.stop_requested
+        if not looks:
+            return False
         flag = torch.tensor([int(self.stop_requested)], device=self.env.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
