@@ -14,6 +14,9 @@ Sections, in order (each row is skipped, and said so, once the time budget is sp
    procedural images (nothing is downloaded).
 3. The trainer end to end: 50 iterations of `sivae train` on the GPU from those shards, stopped and
    resumed (the resumed run must continue from its checkpoint, not start over).
+4. DDP: 50 training steps through the Accelerate backend's DDP wrappers on a one-process group over NCCL
+   (gloo with --smoke) next to the single-process backend, with the host syncs CUDA's sync debug mode
+   reports during them (the hot path should have none).
 
 Writes OUT/gpu_check.md and OUT/gpu_check.json (OUT: --out, else $OUT, else benchmarks/gpu_check-out).
 """
@@ -30,10 +33,13 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from model_step import bench_level, cpu_name
 from PIL import Image
 
@@ -41,7 +47,12 @@ from sivae.core.config import load_config
 from sivae.data_pipeline.bench import run_bench
 from sivae.data_pipeline.build import BuildOptions, build_dataset
 from sivae.data_pipeline.sources import FolderSource
+from sivae.models import build_model, lod_of
+from sivae.train.accelerate_backend import AccelerateBackend
+from sivae.train.backend import LocalBackend
 from sivae.train.schema import RunConfig
+from sivae.train.steps import training_step
+from sivae.train.trainer import make_optimizers
 
 ROOT = Path(__file__).resolve().parents[1]
 # dense bf16 tensor-core peak, TFLOP/s (NVIDIA's data sheets; the sparse figures are twice these)
@@ -156,6 +167,59 @@ def trainer_resume(data: Path, out: Path, args, budget: Budget) -> dict:
             "checkpoints": checkpoints, "ok": ok, **runs}
 
 
+def ddp_steps(args, budget: Budget) -> dict:
+    """Seconds per training step and host syncs in `args.trainer_iters` steps: single process vs DDP."""
+    if budget.left() < 0:
+        return {"skipped": "time budget spent"}
+    device, cuda = torch.device(args.device), args.device.startswith("cuda")
+    resolution, batch = args.trainer_resolution, args.trainer_batch
+    cfg = load_config(RunConfig, ROOT / "configs" / "emoji.yaml", [
+        f"model.max_resolution={max(resolution, 4)}",
+        f"train.schedule=[{{resolution: {resolution}, stable_kimg: 1000, batch: {batch}, lr: 0.002}}]"])
+    lod = lod_of(resolution)
+    dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+    result: dict = {"resolution": resolution, "batch": batch, "iterations": args.trainer_iters,
+                    "syncs_counted": cuda}  # fmt: skip
+    try:
+        for name in ("single", "ddp"):
+            torch.manual_seed(0)
+            model = build_model(cfg.model).to(device).train()
+            optimizers = make_optimizers(model, cfg)
+            if name == "ddp":
+                place = SimpleNamespace(device=device, process_index=0, num_processes=1)
+                backend = AccelerateBackend(model, optimizers, place, precision=args.precision)
+            else:
+                backend = LocalBackend(model, optimizers, device=device, precision=args.precision)
+            backend.set_level(lod, 1.0)
+            x = torch.rand(batch, *model.data_shape_at(lod), device=device) * 2 - 1
+            scale = 1.0 / model.input_dim()
+            for _ in range(3):  # warm-up: kernels chosen, Adam state and DDP buckets made
+                training_step(backend, [x], cfg.objective, scale)
+            if cuda:
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if cuda:
+                    torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    for _ in range(args.trainer_iters):
+                        training_step(backend, [x], cfg.objective, scale)
+                finally:
+                    if cuda:
+                        torch.cuda.set_sync_debug_mode("default")
+            if cuda:
+                torch.cuda.synchronize(device)
+            seconds = (time.perf_counter() - start) / args.trainer_iters
+            syncs = sum("synchroniz" in str(w.message) for w in caught)
+            result[name] = {"seconds_per_iteration": seconds, "host_syncs": syncs, "skips": backend.read_skips()}
+    except Exception as exc:  # a report with the error beats no report
+        result["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    finally:
+        dist.destroy_process_group()
+    return result
+
+
 def markdown(report: dict) -> str:
     lines = [f"# Device check: {report['device']}", "",
              f"torch {report['torch']}, precision {report['precision']}, {report['seconds']:.0f} s in all "
@@ -189,6 +253,15 @@ def markdown(report: dict) -> str:
                      f"{t['resumed']['seconds']:.1f} s (exit {t['resumed']['status']}, resumed at kimg "
                      f"{t['resumed']['resumed_at_kimg']}); checkpoints {', '.join(t['checkpoints']) or 'none'}; "
                      f"{'OK' if t['ok'] else 'FAILED'}.")
+    d = report["ddp"]
+    if "skipped" in d or "error" in d:
+        lines.append(f"DDP: {d.get('skipped') or d.get('error')}.")
+    else:
+        syncs = (f"host syncs in them: single {d['single']['host_syncs']}, DDP {d['ddp']['host_syncs']}"
+                 if d["syncs_counted"] else "host syncs not counted (no CUDA)")
+        lines.append(f"DDP (one-process group): {d['iterations']} steps at {d['resolution']}px, batch {d['batch']}: "
+                     f"single {d['single']['seconds_per_iteration']:.4f} s/it, DDP "
+                     f"{d['ddp']['seconds_per_iteration']:.4f} s/it; {syncs}.")
     return "\n".join(lines) + "\n"
 
 
@@ -253,10 +326,12 @@ def main() -> int:
     print(json.dumps(loader), flush=True)
     trainer = trainer_resume(data, out, args, budget)
     print(json.dumps({k: v for k, v in trainer.items() if k not in ("first", "resumed")}), flush=True)
+    ddp = ddp_steps(args, budget)
+    print(json.dumps(ddp), flush=True)
 
     report = {"device": device_name, "host": platform.node(), "torch": torch.__version__,
               "precision": args.precision, "peak_bf16_tflops": peak, "budget_s": args.budget_s,
-              "training": training, "loader": loader, "trainer": trainer,
+              "training": training, "loader": loader, "trainer": trainer, "ddp": ddp,
               "seconds": time.perf_counter() - start}  # fmt: skip
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "gpu_check.md").write_text(markdown(report))

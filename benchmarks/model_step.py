@@ -1,8 +1,9 @@
 """Speed and memory of one Soft-IntroVAE training iteration (encoder step + decoder step) per level.
 
 For each level of a run config's model (default: the FFHQ-256 configuration) this runs
-train.steps.soft_intro_step through train.backend.LocalBackend with Adam, as the trainer does, at
-blend = 1, and prints per level: the batch, seconds per iteration, images/s, the achieved GFLOP/s
+train.steps.soft_intro_step through train.backend.LocalBackend with the run config's Adam (fused by default
+since issue 12; the issue-4 figures in RESULTS ran the for-loop Adam), as the trainer does, at blend = 1,
+and prints per level: the batch, seconds per iteration, images/s, the achieved GFLOP/s
 (FLOPs per image from `models.summary`, FlopCounterMode), and peak memory:
 - on CUDA: torch.cuda.max_memory_allocated during the timed iterations (model and optimizer state
   included);
@@ -33,9 +34,11 @@ import torch
 from sivae.core.config import load_config
 from sivae.models import build_model, lod_of
 from sivae.train.backend import LocalBackend
+from sivae.train.performance import start_level_compilation
 from sivae.train.schema import RunConfig
 from sivae.train.steps import soft_intro_step
 from sivae.train.summary import summarize_level
+from sivae.train.trainer import make_optimizers
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -106,11 +109,12 @@ def bench_level(run: RunConfig, resolution: int, batch: int, args: argparse.Name
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    betas = tuple(run.train.optimizer.betas)
-    optimizers = {
-        name: torch.optim.Adam(getattr(model, name).parameters(), lr=level.lr, betas=betas, eps=run.train.optimizer.eps)
-        for name in ("encoder", "decoder")
-    }
+    optimizers = make_optimizers(model, run)
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            group["lr"] = level.lr
+    if args.compile:
+        start_level_compilation()  # as the trainer at a level switch: the level's graphs fit in the cache
     backend_cls = CompiledBackend if args.compile else LocalBackend
     backend = backend_cls(model, optimizers, device=device, precision=args.precision)
     backend.set_level(lod, 1.0)

@@ -25,8 +25,13 @@ def test_the_smoke_mode_measures_every_section_and_resumes_the_trainer(tmp_path)
     assert report["loader"] and all(r["loader"] > 0 for r in report["loader"])
     trainer = report["trainer"]
     assert trainer["ok"] and trainer["resumed"]["resumed_at_kimg"] == trainer["iterations_per_run"] * 4 / 1000
+    ddp = report["ddp"]
+    assert "error" not in ddp, ddp.get("error")
+    assert ddp["single"]["seconds_per_iteration"] > 0 and ddp["ddp"]["seconds_per_iteration"] > 0
+    assert ddp["single"]["skips"] == ddp["ddp"]["skips"] == 0 and not ddp["syncs_counted"]
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| emoji.yaml | 8px | False | 2 |" in table and "resumed at kimg 0.008" in table
+    assert "DDP (one-process group): 2 steps at 8px, batch 4" in table
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the check would run")

@@ -23,3 +23,15 @@ def test_model_step_benchmark_runs_on_a_tiny_config(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 4px") or line.startswith("| 8px")]
     assert len(rows) == 2 and all(row.split("|")[2].strip() == "2" for row in rows)
+
+
+def test_hot_path_benchmark_imports_each_tree_it_is_given():
+    """--smoke: this checkout as both trees, each child importing sivae from it (the script refuses a child
+    that imported another copy), one row with a before/after ratio."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hot_path_speed.py"), "--smoke"],
+                          capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"before: {ROOT} (fused Adam True), after: {ROOT}" in proc.stdout
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| 8px")]
+    assert len(rows) == 1 and rows[0][3].strip() == "fp32" and float(rows[0][6]) > 0

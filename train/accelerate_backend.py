@@ -54,7 +54,7 @@ class AccelerateBackend(LocalBackend):
     def wrapper(self, name: str) -> nn.Module:
         """The DDP wrapper of network `name` for the current graph (made at the graph's first use; made
         directly rather than by accelerator.prepare_model, which would keep every wrapper of the run alive)."""
-        if self.world_size == 1:
+        if not torch.distributed.is_initialized():  # one process, no group: nothing to synchronise
             return self.model.network(name)
         graph = self.graph()
         if name not in self.wrapped or self.wrapped[name][0] != graph:
@@ -80,7 +80,7 @@ class AccelerateBackend(LocalBackend):
         return self.wrapper(name) if name in self.updating else self.model.network(name)
 
     def accumulating(self, last: bool) -> contextlib.AbstractContextManager:
-        if last or self.world_size == 1:
+        if last or not torch.distributed.is_initialized():
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
         for name in self.updating:
