@@ -55,7 +55,15 @@ from torch import Tensor, nn
 from sivae.core import deepspeed_checkpoint as ds_ckpt
 from sivae.core.checkpoint import CheckpointError
 from sivae.core.config import ConfigError, merge
-from sivae.core.distributed import DistEnv, all_true, barrier, broadcast_object, default_device, free_port
+from sivae.core.distributed import (
+    DistEnv,
+    all_true,
+    barrier,
+    broadcast_object,
+    default_device,
+    export_local_rank,
+    free_port,
+)
 from sivae.models.base import Model
 from sivae.train.backend import Backend, Precision
 from sivae.train.schema import DeepSpeedConfig
@@ -123,7 +131,7 @@ def deepspeed_env(device: str = "auto") -> DistEnv:
                     "MASTER_PORT": str(free_port())}  # fmt: skip
         for key, value in defaults.items():
             os.environ.setdefault(key, value)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = export_local_rank()
     dev = default_device(local_rank) if device == "auto" else torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
