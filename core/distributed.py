@@ -60,6 +60,15 @@ def local_rank_from_environment() -> int:
     return int(os.environ.get("RANK", "0")) % max(1, torch.cuda.device_count())
 
 
+def export_local_rank() -> int:
+    """`local_rank_from_environment`, also set as LOCAL_RANK (for a process started without a launcher that sets
+    it: srun with RANK / WORLD_SIZE / MASTER_* exported). Accelerate and DeepSpeed read LOCAL_RANK alone:
+    without it Accelerate takes a CUDA process for a single one, and DeepSpeed's engine refuses to start."""
+    local_rank = local_rank_from_environment()
+    os.environ["LOCAL_RANK"] = str(local_rank)
+    return local_rank
+
+
 def init_from_environment(device: str = "auto") -> DistEnv:
     """A single-process env, or (WORLD_SIZE > 1 in the environment) this rank of a new process group."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -19,7 +19,16 @@ from sivae.launch.launchers import (
     launcher_command,
     launcher_env,
 )
-from sivae.launch.slurm import JobSpec, SlurmError, recurring_script, slurm_place, submit, training_script
+from sivae.launch.slurm import (
+    RENDEZVOUS_DIR_KEY,
+    JobSpec,
+    SlurmError,
+    agree_port,
+    recurring_script,
+    slurm_place,
+    submit,
+    training_script,
+)
 
 SLURM_BACKENDS = ("accelerate", "deepspeed", "torchrun")
 
@@ -98,8 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = commands.add_parser(
         "task", help="(inside a Slurm job step) map Slurm's variables to RANK/WORLD_SIZE/... and run a command",
         description="Set RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR (the job's first "
-        "node) and MASTER_PORT (from the job id) from this srun task's Slurm variables, then replace this process "
-        "with COMMAND (signals reach it directly).",
+        "node) and MASTER_PORT (SIVAE_MASTER_PORT or MASTER_PORT if set, else from the job id; if that is taken on "
+        "the first node, the next free one, which rank 0 publishes in SIVAE_RENDEZVOUS_DIR) from this srun task's "
+        "Slurm variables, then replace this process with COMMAND (signals reach it directly).",
     )  # fmt: skip
     t.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     t.set_defaults(handler=main_task)
@@ -169,7 +179,7 @@ def main_launch(args: argparse.Namespace) -> int:
         options = {"nodes": args.nodes, "procs_per_node": args.gpus_per_node, "master_port": args.master_port}
         if args.slurm:
             try:
-                place = slurm_place(os.environ)
+                place = agree_port(slurm_place(os.environ), os.environ)
             except SlurmError as exc:
                 print(f"sivae launch {args.launcher}: {exc}", file=sys.stderr)
                 return 2
@@ -227,10 +237,13 @@ def _spec(args: argparse.Namespace, *, name: str, tasks_per_node: int, cpus_per_
           log_dir: Path, warn_seconds: int | None, requeue: bool) -> JobSpec:  # fmt: skip
     output = args.output or str(log_dir / "%x-%j.out")
     error = args.error or (output[: -len(".out")] + ".err" if output.endswith(".out") else output + ".err")
+    # log_dir is under the run (or runs) directory, which every node shares: where rank 0 publishes a port
+    # when the one derived from the job id is taken (slurm.agree_port)
     return JobSpec(name=args.job_name or name, nodes=args.nodes, tasks_per_node=tasks_per_node,
                    cpus_per_task=cpus_per_task, time=args.time, partition=args.partition, account=args.account,
                    output=output, error=error, gpus_per_node=0 if args.cpu_only else gpus, requeue=requeue,
-                   warn_seconds=warn_seconds, workdir=os.getcwd())  # fmt: skip
+                   warn_seconds=warn_seconds, workdir=os.getcwd(),
+                   env={RENDEZVOUS_DIR_KEY: str(log_dir)})  # fmt: skip
 
 
 def _write_and_submit(script: str, path: Path, dry_run: bool, what: str) -> int:
@@ -309,7 +322,7 @@ def main_task(args: argparse.Namespace) -> int:
         print("sivae launch task: no command given (sivae launch task -- COMMAND ...)", file=sys.stderr)
         return 2
     try:
-        place = slurm_place(os.environ)
+        place = agree_port(slurm_place(os.environ), os.environ)
     except SlurmError as exc:
         print(f"sivae launch task: {exc}", file=sys.stderr)
         return 2

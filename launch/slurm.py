@@ -4,7 +4,13 @@ Neither DeepSpeed nor Accelerate reads Slurm's variables, so `slurm_place` maps 
 of the environment) to the ones every launcher exports: RANK, WORLD_SIZE, LOCAL_RANK,
 LOCAL_WORLD_SIZE, NODE_RANK, MASTER_ADDR (the first host of the job's node list) and MASTER_PORT (a
 function of the job id, so that every task of a job computes the same port, and a requeued job --
-same id -- the same one again).
+same id -- the same one again; or the user's SIVAE_MASTER_PORT / MASTER_PORT).
+
+A derived port may be taken on the first host (another job's rendezvous, any server). Only a task on
+that host can see it, so `agree_port` lets the job's rank 0 probe it and, in a job written by
+`sivae launch slurm` / `eval-job` (SIVAE_RENDEZVOUS_DIR: a directory every node shares), take the next
+free port of the range and publish it there for the other tasks; without such a directory, or for a
+port the user set, a taken port fails at once, naming the port and SIVAE_MASTER_PORT.
 
 Training jobs (`training_script`): srun starts one task per process (nodes x processes per node);
 each task runs `sivae launch task -- sivae train ...`, which maps its Slurm variables and replaces
@@ -24,15 +30,25 @@ job (`--requeue`) and the run resumes from its newest complete checkpoint.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shlex
+import socket
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from sivae.train.exit_codes import EXIT_PREEMPTED
 
-PORT_BASE, PORT_SPAN = 20000, 20000  # MASTER_PORT in [20000, 40000): below Linux's ephemeral range
+# MASTER_PORT in [20000, 32768): below Linux's default ephemeral range (32768-60999), where outgoing connections
+# take their ports, so that a derived port is taken only by another server
+PORT_BASE, PORT_SPAN = 20000, 12768
+PORT_TRIES = 64  # ports rank 0 probes, from the derived one on, before it gives up
+PORT_WAIT_SECONDS = 300.0  # how long the other tasks wait for rank 0's port (its start, a shared file system's delay)
+USER_PORT_KEYS = ("SIVAE_MASTER_PORT", "MASTER_PORT")  # the user's rendezvous port, in this order
+RENDEZVOUS_DIR_KEY = "SIVAE_RENDEZVOUS_DIR"
 
 
 class SlurmError(RuntimeError):
@@ -96,6 +112,7 @@ class SlurmPlace:
     num_nodes: int
     master_addr: str
     master_port: int
+    port_key: str | None = None  # the variable the user set the port with; None: derived from the job id
 
     def torch_env(self) -> dict[str, str]:
         """The variables torch.distributed, Accelerate and DeepSpeed read (env:// rendezvous)."""
@@ -133,6 +150,15 @@ def slurm_place(env: Mapping[str, str]) -> SlurmPlace:
             raise SlurmError(f"{name}={value!r} is not a non-negative integer")
         return int(value)
 
+    def port() -> tuple[int, str | None]:
+        for key in USER_PORT_KEYS:
+            if env.get(key, "").strip():
+                value = env[key].strip()
+                if not value.isdigit() or not 0 < int(value) < 65536:
+                    raise SlurmError(f"{key}={value!r} is not a TCP port (1-65535)")
+                return int(value), key
+        return master_port(integer("SLURM_JOB_ID")), None
+
     node_rank = integer("SLURM_NODEID")
     nodelist = env.get("SLURM_JOB_NODELIST") or need("SLURM_NODELIST")
     num_nodes = integer("SLURM_JOB_NUM_NODES") if "SLURM_JOB_NUM_NODES" in env else integer("SLURM_NNODES")
@@ -144,12 +170,72 @@ def slurm_place(env: Mapping[str, str]) -> SlurmPlace:
         node_rank=node_rank,
         num_nodes=num_nodes,
         master_addr=expand_hostlist(nodelist)[0],
-        master_port=master_port(integer("SLURM_JOB_ID")),
+        master_port=(user_port := port())[0],
+        port_key=user_port[1],
     )
     if not (place.rank < place.world_size and place.local_rank < place.local_world_size
             and place.node_rank < place.num_nodes):  # fmt: skip
         raise SlurmError(f"inconsistent Slurm variables: {place}")
     return place
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a rendezvous could listen on `port` here now (on every address, as torch's TCPStore does). With
+    SO_REUSEADDR like the store's, a port in TIME_WAIT (this job's previous start, before a requeue) counts as free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def port_file(directory: Path, env: Mapping[str, str]) -> Path:
+    """Where rank 0 publishes the port of this start of the job: a requeued job (same id) probes again."""
+    return Path(directory) / f"rendezvous-port-{env['SLURM_JOB_ID']}.{env.get('SLURM_RESTART_COUNT') or 0}"
+
+
+def agree_port(place: SlurmPlace, env: Mapping[str, str], *, timeout: float = PORT_WAIT_SECONDS) -> SlurmPlace:
+    """`place` with the port every task of the job meets at. Rank 0 runs on the first host, where the rendezvous
+    listens, and probes there; the other tasks cannot see that host's ports, so they read rank 0's choice from
+    SIVAE_RENDEZVOUS_DIR (waiting up to `timeout` seconds) or, without it, must take the derived port as it is."""
+    master, host = place.rank == 0, socket.gethostname()
+    how = "SIVAE_MASTER_PORT (exported before sbatch: every task sees it)"
+    if place.port_key is not None:  # every task has the user's port: nothing to agree on
+        if master and not port_is_free(place.master_port):
+            raise SlurmError(f"{place.port_key}={place.master_port} is taken on {host}: set {how} to a free port")
+        return place
+    directory = env.get(RENDEZVOUS_DIR_KEY, "").strip()
+    if not directory:
+        if master and not port_is_free(place.master_port):
+            raise SlurmError(f"MASTER_PORT {place.master_port} (derived from job id {env.get('SLURM_JOB_ID')}) is "
+                             f"taken on {host}: set {how} to a free port, or set {RENDEZVOUS_DIR_KEY} to a "
+                             "directory every node shares for a free port to be chosen")  # fmt: skip
+        return place
+    # Rank 0 chooses and publishes through a shared file: only it can see its host's ports, and jobs already
+    # rely on a shared run directory; a port guessed by each node alone could differ between nodes.
+    path = port_file(Path(directory), env)
+    if master:
+        candidates = [PORT_BASE + (place.master_port - PORT_BASE + i) % PORT_SPAN for i in range(PORT_TRIES)]
+        port = next((p for p in candidates if port_is_free(p)), None)
+        if port is None:
+            raise SlurmError(f"ports {candidates[0]}..{candidates[-1]} (from job id {env.get('SLURM_JOB_ID')}) are "
+                             f"all taken on {host}: set {how} to a free port")  # fmt: skip
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(f"{port}\n")
+            os.replace(tmp, path)  # whole or absent: a waiting task never reads half a number
+        except OSError as exc:
+            raise SlurmError(f"cannot publish the rendezvous port in {RENDEZVOUS_DIR_KEY}={directory}: {exc}") from None
+        return replace(place, master_port=port)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SlurmError(f"rank 0 published no rendezvous port in {path} within {timeout:g} s (did it start? "
+                             f"is {RENDEZVOUS_DIR_KEY}={directory} shared by every node?): set {how} to bypass")
+        time.sleep(0.2)
+    return replace(place, master_port=int(path.read_text()))
 
 
 # ------------------------------------------------------------------------------------------------

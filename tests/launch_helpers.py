@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from process_helpers import run_all
 
 from sivae.core import checkpoint
 from sivae.core import deepspeed_checkpoint as ds_ckpt
@@ -35,10 +37,7 @@ def deepspeed_args(run_dir: Path, data: Path, zero: int, precision: str) -> tupl
                       f"train.precision={precision}")
 
 
-def launch(launcher: str, args: tuple[str, ...], *, record: Path | None = None, kill_in_checkpoint: int = 0,
-           processes: int = 2) -> subprocess.CompletedProcess:
-    """Start `processes` ranks of the instrumented trainer with `launcher` (its real command line) and wait."""
-    spec = Launch(launcher, args, procs_per_node=processes, master_port=free_port(), program=(str(DRIVER),))
+def _environment(spec: Launch, record: Path | None, kill_in_checkpoint: int = 0) -> dict[str, str]:
     # PYTHONPATH: the driver is a script, so its processes would otherwise import an installed copy of the project
     env = {**os.environ, **launcher_env(spec, cuda=False), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     if record is not None:
@@ -46,10 +45,30 @@ def launch(launcher: str, args: tuple[str, ...], *, record: Path | None = None, 
         env["SIVAE_TEST_RECORD"] = str(record)
     if kill_in_checkpoint:
         env["SIVAE_TEST_KILL_IN_CHECKPOINT"] = str(kill_in_checkpoint)
+    return env
+
+
+def launch(launcher: str, args: tuple[str, ...], *, record: Path | None = None, kill_in_checkpoint: int = 0,
+           processes: int = 2) -> subprocess.CompletedProcess:
+    """Start `processes` ranks of the instrumented trainer with `launcher` (its real command line) and wait."""
+    spec = Launch(launcher, args, procs_per_node=processes, master_port=free_port(), program=(str(DRIVER),))
+    env = _environment(spec, record, kill_in_checkpoint)
     command = launcher_command(spec)
     if launcher == "local":
         command = [sys.executable, str(DRIVER), "train", *args]
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def launch_nodes(launcher: str, args: tuple[str, ...], *, nodes: int, processes: int, record: Path | None = None,
+                 timeout: float = 600) -> list[str]:
+    """`nodes` "nodes" on this host: one launcher per node rank, all started at once and meeting at node 0's
+    rendezvous on 127.0.0.1, each starting `processes` ranks of the instrumented trainer; waits for every one
+    (failing with their stderr unless all succeed). Returns their stdouts."""
+    spec = Launch(launcher, args, nodes=nodes, procs_per_node=processes, master_port=free_port(),
+                  program=(str(DRIVER),))  # fmt: skip
+    env = _environment(spec, record)
+    runs = [(launcher_command(replace(spec, node_rank=rank)), env) for rank in range(nodes)]
+    return run_all(runs, REPO, timeout=timeout)
 
 
 def ranks(record: Path) -> list[dict]:

@@ -19,8 +19,14 @@ def run_together(command: list[str], envs: list[dict[str, str]], cwd: Path, time
                  expect_status: int = 0) -> list[str]:
     """Start `command` once per environment, all at once; wait for every one (a hang fails after `timeout`)
     and fail with the stderr of those that did not exit with `expect_status`. Returns their stdouts."""
+    return run_all([(command, env) for env in envs], cwd, timeout, expect_status)
+
+
+def run_all(runs: list[tuple[list[str], dict[str, str]]], cwd: Path, timeout: float = 300,
+            expect_status: int = 0) -> list[str]:
+    """`run_together` for processes with commands of their own: each (command, environment) at once."""
     procs = [subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for env in envs]  # fmt: skip
+             for command, env in runs]  # fmt: skip
     try:
         outputs = [p.communicate(timeout=timeout) for p in procs]
     finally:

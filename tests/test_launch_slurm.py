@@ -4,9 +4,11 @@ and finishes with the step count and weights of the uninterrupted run."""
 
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 from launch_helpers import IMAGES, ITERATIONS, REPO, RUN_8_16, TINY, final_state, max_difference
@@ -14,7 +16,16 @@ from slurm_cluster import LocalSlurm, unavailable
 
 from sivae.launch.cli import main as sivae
 from sivae.launch.launchers import Launch, LaunchError, deepspeed_world_info, launcher_command
-from sivae.launch.slurm import SlurmError, expand_hostlist, master_port, slurm_place
+from sivae.launch.slurm import (
+    PORT_SPAN,
+    RENDEZVOUS_DIR_KEY,
+    SlurmError,
+    agree_port,
+    expand_hostlist,
+    master_port,
+    port_file,
+    slurm_place,
+)
 
 # ------------------------------------------------------------------------------------------------
 # Slurm's variables
@@ -46,7 +57,8 @@ def test_a_task_of_a_multi_node_job_gets_its_ranks_and_the_rendezvous():
     assert place.num_nodes == 4
     # every task of the job, and the job again after a requeue (same id), meet at the same port
     assert slurm_place(slurm_env(SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0")).master_port == 24242
-    assert master_port(4242) == master_port(4242 + 20000) == 24242
+    assert master_port(4242) == master_port(4242 + PORT_SPAN) == 24242
+    assert max(master_port(job) for job in range(2 * PORT_SPAN)) < 32768  # below the ephemeral ports
 
 
 def test_uneven_tasks_per_node_and_the_older_variable_names():
@@ -84,6 +96,76 @@ def test_the_task_shim_runs_the_command_with_the_mapped_variables():
     proc = subprocess.run([sys.executable, "-m", "sivae", "launch", "task", "--", "true"], env=outside, cwd=REPO,
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and "SLURM_NODEID is not set: run this inside a Slurm job step" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# the rendezvous port: the user's, the derived one, or rank 0's fallback when it is taken
+
+MASTER = {"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # task 0: on the first host
+
+
+@contextmanager
+def taken(port: int):
+    """`port` held by a listening server on this host, as another job's rendezvous would hold it."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        yield
+
+
+def test_a_port_the_user_sets_is_honoured_by_every_task(tmp_path):
+    for extra, port in (({"MASTER_PORT": "30001"}, 30001),
+                        ({"SIVAE_MASTER_PORT": "30002", "MASTER_PORT": "30001"}, 30002)):  # fmt: skip
+        shared = {**extra, RENDEZVOUS_DIR_KEY: str(tmp_path)}
+        for env in (slurm_env(**MASTER, **shared), slurm_env(**shared)):
+            place = agree_port(slurm_place(env), env)
+            assert place.master_port == port and place.torch_env()["MASTER_PORT"] == str(port)
+    assert not list(tmp_path.iterdir()), "a port the user set is not published"
+    with pytest.raises(SlurmError, match="SIVAE_MASTER_PORT='http' is not a TCP port"):
+        slurm_place(slurm_env(SIVAE_MASTER_PORT="http"))
+    with taken(30003), pytest.raises(SlurmError, match="MASTER_PORT=30003 is taken on"):
+        env = slurm_env(**MASTER, MASTER_PORT="30003")
+        agree_port(slurm_place(env), env)
+
+
+@pytest.mark.parametrize(("job", "derived", "fallback"), [
+    (4242, 24242, 24243),
+    (PORT_SPAN - 1, 32767, 20000),  # the top of the range wraps to its bottom
+])  # fmt: skip
+def test_a_taken_derived_port_moves_every_task_to_the_port_rank_0_publishes(tmp_path, job, derived, fallback):
+    shared = {"SLURM_JOB_ID": str(job), RENDEZVOUS_DIR_KEY: str(tmp_path)}
+    master, other = slurm_env(**MASTER, **shared), slurm_env(**shared)
+    with taken(derived):
+        assert agree_port(slurm_place(master), master).master_port == fallback
+    assert port_file(tmp_path, master).read_text() == f"{fallback}\n"
+    assert agree_port(slurm_place(other), other).master_port == fallback  # a task on another node reads it
+    # a requeued job (same id) starts again: its rank 0 probes again (the derived port is free now), and its
+    # other tasks wait for that choice instead of reading the previous start's
+    again = {"SLURM_RESTART_COUNT": "1"}
+    with pytest.raises(SlurmError, match=rf"rank 0 published no rendezvous port in .*-{job}\.1 within 0\.3 s"):
+        agree_port(slurm_place({**other, **again}), {**other, **again}, timeout=0.3)
+    assert agree_port(slurm_place({**master, **again}), {**master, **again}).master_port == derived
+    assert agree_port(slurm_place({**other, **again}), {**other, **again}).master_port == derived
+
+
+def test_without_a_shared_directory_a_taken_derived_port_fails_at_once_naming_it():
+    master = slurm_env(**MASTER)
+    with taken(24242), pytest.raises(SlurmError, match=r"MASTER_PORT 24242 \(derived from job id 4242\) is taken on "
+                                                       r".*set SIVAE_MASTER_PORT"):  # fmt: skip
+        agree_port(slurm_place(master), master)
+    assert agree_port(slurm_place(master), master).master_port == 24242  # free: the derived port as it is
+
+
+def test_the_task_shim_exports_the_agreed_port(tmp_path):
+    code = "import os; print(os.environ['MASTER_PORT'])"
+    command = [sys.executable, "-m", "sivae", "launch", "task", "--", sys.executable, "-c", code]
+    with taken(24242):
+        shared = subprocess.run(command, env={**os.environ, **slurm_env(**MASTER), RENDEZVOUS_DIR_KEY: str(tmp_path)},
+                                cwd=REPO, capture_output=True, text=True)  # fmt: skip
+        alone = subprocess.run(command, env={**os.environ, **slurm_env(**MASTER)}, cwd=REPO, capture_output=True,
+                               text=True)  # fmt: skip
+    assert (shared.returncode, shared.stdout) == (0, "24243\n"), shared.stderr
+    assert alone.returncode == 2 and "sivae launch task: MASTER_PORT 24242 (derived from job id 4242)" in alone.stderr
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,6 +235,7 @@ def test_the_training_script_asks_for_the_job_and_requeues_on_the_warning(capsys
     assert "trap 'warned=1;" in script and "scancel --signal=USR1 $SLURM_JOB_ID' USR1" in script
     assert 'scontrol requeue "$SLURM_JOB_ID"' in script
     assert "launch prepare" in script  # DeepSpeed's op, built once per node before the ranks start
+    assert f"export {RENDEZVOUS_DIR_KEY}={tmp_path / 'run' / 'slurm'}\n" in script  # shared by every node
     train_line = next(line for line in script.splitlines() if line.startswith("srun --kill-on-bad-exit"))
     argv = shlex.split(train_line)
     assert argv[argv.index("task"):argv.index("task") + 2] == ["task", "--"]
@@ -246,3 +329,24 @@ def test_a_warned_slurm_job_checkpoints_requeues_and_finishes_like_the_uninterru
     assert state["progress"] == straight_state["progress"]
     assert max_difference(weights, straight_weights) == 0.0  # exact resume: no tolerance needed
     assert max_difference(state["ema"], straight_state["ema"]) == 0.0
+
+
+def test_a_real_slurm_job_whose_derived_port_is_taken_meets_at_rank_0s_port(slurm, tmp_path):
+    """Two srun tasks of a held job: its derived port is taken before it is released; both tasks export the
+    port rank 0 chose and published, the next one."""
+    code = "import os; print(os.environ['RANK'], os.environ['MASTER_PORT'])"
+    step = [sys.executable, "-m", "sivae", "launch", "task", "--", sys.executable, "-c", code]
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--hold", "--nodes=1", "--ntasks=2", "--cpus-per-task=1", f"--chdir={REPO}",
+         f"--output={tmp_path}/%j.out", f"--wrap=srun {shlex.join(step)}"],
+        env={**slurm.env, RENDEZVOUS_DIR_KEY: str(tmp_path)}, capture_output=True, text=True)  # fmt: skip
+    assert submit.returncode == 0, submit.stderr
+    job = submit.stdout.strip().split(";")[0]
+    derived = master_port(int(job))
+    fallback = derived + 1 if derived + 1 < 32768 else 20000
+    with taken(derived):
+        slurm.run("scontrol", "release", job)
+        wait_for(lambda: slurm.job_field(job, "JobState") in ("COMPLETED", "FAILED", "CANCELLED"), 120, "the job")
+    out = (tmp_path / f"{job}.out").read_text()
+    assert slurm.job_field(job, "JobState") == "COMPLETED", out
+    assert sorted(out.split("\n")[-3:-1]) == [f"0 {fallback}", f"1 {fallback}"], out

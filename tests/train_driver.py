@@ -6,7 +6,8 @@ Environment switches (all optional):
   (after part of the file is written), as a node failure would. Checkpoint files are the single-file
   format and, under DeepSpeed, the model-states file that carries the trainer state (rank 0's).
 - SIVAE_TEST_RECORD=DIR: each rank writes DIR/rank{r}.pt with the sha1 of every training batch it
-  drew and its final model parameters.
+  drew, its final model parameters and where it stood: the trainer's rank and local rank and the
+  RANK / LOCAL_RANK its launcher exported.
 """
 
 import hashlib
@@ -53,7 +54,10 @@ if record_dir:
     def run(self):
         code = real_run(self)
         params = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        torch.save({"batches": batches, "params": params}, os.path.join(record_dir, f"rank{self.env.rank}.pt"))
+        place = {"rank": self.env.rank, "local_rank": self.env.local_rank, "world_size": self.env.world_size,
+                 **{name: os.environ.get(name) for name in ("RANK", "LOCAL_RANK")}}  # fmt: skip
+        torch.save({"batches": batches, "params": params, "place": place},
+                   os.path.join(record_dir, f"rank{self.env.rank}.pt"))
         return code
 
     trainer.Trainer.next_micro_batches = next_micro_batches

@@ -72,10 +72,12 @@ def main(args: argparse.Namespace) -> int:
 def process_env(backend: str, device: str):
     """This process's place (rank, device) for the backend, joining the process group; and the Accelerator
     for "accelerate"."""
-    from sivae.core.distributed import single_process_env
+    from sivae.core.distributed import export_local_rank, launched_by_distributed_launcher, single_process_env
     from sivae.train.accelerate_backend import accelerate_env, make_accelerator
 
     if backend == "accelerate":
+        if launched_by_distributed_launcher():  # one process: no LOCAL_RANK, or Accelerate would expect a group
+            export_local_rank()
         accelerator = make_accelerator(cpu=device == "cpu" or not _cuda())
         return accelerate_env(accelerator), accelerator
     if backend == "deepspeed":

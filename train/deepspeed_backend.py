@@ -62,6 +62,7 @@ from sivae.core.distributed import (
     broadcast_buffers,
     broadcast_object,
     default_device,
+    export_local_rank,
     free_port,
 )
 from sivae.models.base import Model
@@ -131,7 +132,7 @@ def deepspeed_env(device: str = "auto") -> DistEnv:
                     "MASTER_PORT": str(free_port())}  # fmt: skip
         for key, value in defaults.items():
             os.environ.setdefault(key, value)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = export_local_rank()
     dev = default_device(local_rank) if device == "auto" else torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
