@@ -19,6 +19,7 @@ from sivae.core.config import ConfigError, dump_yaml
 from sivae.core.run_dir import RunDir
 from sivae.data_pipeline import loader as loader_module
 from sivae.data_pipeline import shards as shards_module
+from sivae.data_pipeline.bench import stream_cpu_row
 from sivae.data_pipeline.build import BuildOptions, build_dataset
 from sivae.data_pipeline.config import DataConfig
 from sivae.data_pipeline.errors import DataError
@@ -335,3 +336,13 @@ def test_a_run_started_with_two_workers_resumes_with_automatic_ones(tmp_path):
     one.data.workers = 1
     with pytest.raises(ConfigError, match=r"data\.workers: None -> 1"):
         run.check_resume(one)
+
+
+def test_per_core_rows_count_the_worker_processes_cpu(data):
+    """benchmarks/data_loader_speed.py --per-core: with workers, the decoding CPU is the workers' own."""
+    in_process = stream_cpu_row(data, 8, 0, B, as_uint8=True, seconds=0.3)
+    one = stream_cpu_row(data, 8, 1, B, as_uint8=False, seconds=0.3)
+    assert in_process.images_per_s > 0 and in_process.worker_cpu_per_image_ms > 0
+    assert in_process.main_cpu_per_image_ms == 0  # one process: all of it is the "worker" column
+    assert one.worker_cpu_per_image_ms > 0 and one.main_cpu_per_image_ms > 0  # the consumer converts to float32
+    assert (one.path, one.workers) == ("float32 stream", 1)
