@@ -37,14 +37,12 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from model_step import bench_level, cpu_name
-from PIL import Image
 
 from sivae.core.config import load_config
-from sivae.data_pipeline.bench import run_bench
+from sivae.data_pipeline.bench import procedural_images, run_bench
 from sivae.data_pipeline.build import BuildOptions, build_dataset
 from sivae.data_pipeline.sources import FolderSource
 from sivae.models import build_model, lod_of
@@ -110,23 +108,6 @@ def training_rows(config: Path, levels: list[int], compiled: bool, args, budget:
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
-
-
-def procedural_images(folder: Path, count: int, side: int, seed: int = 0) -> None:
-    """Smooth random colour fields with a few disks: PNGs that compress and decode like photographs do,
-    more or less, and need no download."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:side, 0:side] / side
-    for i in range(count):
-        low = rng.uniform(0, 255, (4, 4, 3))
-        image = np.stack([np.interp(yy * 3, np.arange(4), low[:, 0, c]) * 0.5 +
-                          np.interp(xx * 3, np.arange(4), low[0, :, c]) * 0.5 for c in range(3)], axis=-1)
-        for _ in range(3):
-            cx, cy, radius = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.25)
-            image[(xx - cx) ** 2 + (yy - cy) ** 2 < radius**2] = rng.uniform(0, 255, 3)
-        image += rng.normal(0, 6, image.shape)
-        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / f"img_{i:05d}.png")
 
 
 def loader_rows(data: Path, resolutions: list[int], workers: list[int], images: int, budget: Budget) -> list[dict]:

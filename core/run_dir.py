@@ -75,6 +75,14 @@ class RunDir:
         with contextlib.suppress(ConfigError):  # keys added to the schema since the run started take defaults
             stored = to_dict(from_dict(type(cfg), stored))
         new = to_dict(cfg)
+        for dotted, alike in getattr(type(cfg), "SAME_TRAINING", {}).items():
+            *parents, name = dotted.split(".")
+            old_node, new_node = stored, new
+            for part in parents:
+                old_node, new_node = old_node.get(part, {}), new_node.get(part, {})
+            if isinstance(old_node, dict) and name in old_node and old_node[name] in alike \
+                    and new_node.get(name) in alike:
+                old_node[name] = new_node[name]
         backends = (stored.get("train", {}).get("backend"), new["train"]["backend"])
         if all(b in SINGLE_FILE_BACKENDS for b in backends):  # the same checkpoints: any process count
             stored["train"]["backend"] = new["train"]["backend"]

@@ -143,3 +143,73 @@ def format_table(rows: list[BenchRow]) -> str:
             f"| {r.loader_uint8:,.0f} | {r.startup:.2f} | {r.pil_decode:,.0f} | {r.pil_folder:,.0f} |"
         )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per worker core (issue 12): CPU seconds, so that a shared machine's other jobs do not count
+
+
+def procedural_images(folder: Path, count: int, side: int, seed: int = 0) -> None:
+    """Smooth random colour fields with a few disks and pixel noise: PNGs that compress and decode like
+    photographs do, more or less, and need no download."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    for i in range(count):
+        low = rng.uniform(0, 255, (4, 4, 3))
+        image = np.stack([np.interp(yy * 3, np.arange(4), low[:, 0, c]) * 0.5 +
+                          np.interp(xx * 3, np.arange(4), low[0, :, c]) * 0.5 for c in range(3)], axis=-1)
+        for _ in range(3):
+            cx, cy, radius = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.25)
+            image[(xx - cx) ** 2 + (yy - cy) ** 2 < radius**2] = rng.uniform(0, 255, 3)
+        image += rng.normal(0, 6, image.shape)
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / f"img_{i:05d}.png")
+
+
+@dataclass(frozen=True)
+class CoreRow:
+    path: str  # "PIL decode", "float32 stream", "uint8 stream"
+    workers: int
+    images_per_s: float  # wall clock
+    worker_cpu_per_image_ms: float  # CPU of the worker processes (of the one process when workers == 0)
+    main_cpu_per_image_ms: float  # CPU of the consuming process (0 for PIL decode)
+
+
+def _cpu_seconds(process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def decode_cpu_row(pngs: list[bytes], seconds: float = 1.0) -> CoreRow:
+    """PIL's decode-only rate in this process: the ceiling of one core."""
+    import psutil
+
+    me, step = psutil.Process(), pil_decode_step(pngs)
+    step()  # warm
+    cpu0, start, done = _cpu_seconds(me), time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        done += step()
+    wall, cpu = time.perf_counter() - start, _cpu_seconds(me) - cpu0
+    return CoreRow("PIL decode", 0, done / wall, 1000 * cpu / done, 0.0)
+
+
+def stream_cpu_row(data_dir: str | Path, resolution: int, workers: int, batch_size: int, as_uint8: bool,
+                   seconds: float = 2.0) -> CoreRow:
+    """The training stream after its first batches: wall rate and CPU per image in the workers and the consumer."""
+    import psutil
+
+    me = psutil.Process()
+    stream = TrainStream(data_dir, resolution, batch_size, workers=workers, as_uint8=as_uint8).__iter__()
+    for _ in range(2 + 2 * workers):  # started, and the workers' first prefetches taken
+        next(stream)
+    helpers = me.children() if workers else []
+    cpu0 = [_cpu_seconds(p) for p in helpers]
+    main0, start, done = _cpu_seconds(me), time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        done += next(stream).images.shape[0]
+    wall = time.perf_counter() - start
+    main = _cpu_seconds(me) - main0
+    work = sum(_cpu_seconds(p) - c for p, c in zip(helpers, cpu0)) if workers else main
+    stream.close()  # ends the DataLoader's workers now, not when garbage collection gets to them
+    name = "uint8 stream" if as_uint8 else "float32 stream"
+    return CoreRow(name, workers, done / wall, 1000 * work / done, 1000 * main / done if workers else 0.0)

@@ -14,10 +14,14 @@ class DataConfig:
     kind: str = "images"
     path: str = "data/emoji"  # a built data set: the directory holding manifest.json
     dataset: str = ""  # procedural kinds: which generator
-    workers: int = 2  # loader worker processes per rank
+    # loader worker processes per rank; 0 decodes in the training process. None (the default): from the CPUs
+    # this process may use, shared by the node's ranks (LOCAL_WORLD_SIZE), one left to each rank's main
+    # process, at most 8 (sivae.data_pipeline.loader.auto_workers). The training order does not depend on
+    # that choice: it is the order an explicit `workers: 2` gives, so runs resume exactly on other machines.
+    workers: int | None = None
     shuffle_buffer: int = 1000
     flip: bool = True  # random horizontal flip of training images
 
     def __post_init__(self) -> None:
-        require(self.workers >= 0, "workers", "must be >= 0")
+        require(self.workers is None or self.workers >= 0, "workers", "must be >= 0 or null (automatic)")
         require(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")

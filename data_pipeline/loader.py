@@ -1,15 +1,17 @@
 """Loaders over a built data set: an endless, exactly resumable training stream and an evaluation pass.
 
-Training order (what makes resume exact). Each rank runs `streams = max(workers, 1)` independent
-sample streams. Stream w of rank r is a sequence of blocks: block b draws, from an RNG seeded by
-(seed, resolution, r, w, b), one shard (weighted by its sample count: shards are shared, with
-replacement, so any number of shards serves any number of ranks x workers), a permutation of its
-samples, a flip bit per sample and a shuffle-buffer slot per sample. Samples pass through a shuffle
-buffer of fixed capacity (a sample entering takes a slot, the sample there leaves), and every
-`batch_size` leaving samples form the stream's next local batch. Global batch k is local batch
-k // streams of stream k % streams: the round-robin order in which torch's DataLoader returns the
-batches of its workers. All of that is computed on sample numbers from the manifest's shard counts,
-so starting at batch k replays the order up to k without reading or decoding any image.
+Training order (what makes resume exact). Each rank runs `streams` independent sample streams:
+`max(workers, 1)` for an explicit worker count, `AUTO_STREAMS` when the worker count is chosen from
+the machine (`workers=None`), so that choice never changes the order. Stream w of rank r is a
+sequence of blocks: block b draws, from an RNG seeded by (seed, resolution, r, w, b), one shard
+(weighted by its sample count: shards are shared, with replacement, so any number of shards serves
+any number of ranks x streams), a permutation of its samples, a flip bit per sample and a
+shuffle-buffer slot per sample. Samples pass through a shuffle buffer of fixed capacity (a sample
+entering takes a slot, the sample there leaves), and every `batch_size` leaving samples form the
+stream's next local batch. Global batch k is local batch k // streams of stream k % streams (with
+as many workers as streams, the round-robin order in which torch's DataLoader returns the batches
+of its workers). All of that is computed on sample numbers from the manifest's shard counts, so
+starting at batch k replays the order up to k without reading or decoding any image.
 
 Unreadable samples. A sample that cannot be read (truncated shard, corrupt bytes) leaves a hole in
 its batch; the hole is filled by samples drawn at random from an RNG seeded by (seed, resolution,
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,29 @@ from sivae.data_pipeline.shards import ShardReader
 
 _BLOCK, _REFILL = 0, 1  # RNG domains
 _MAX_REFILL_DRAWS = 1000  # per batch: past that the data set is essentially unreadable
+
+# Automatic worker counts (workers=None): the order keeps two streams, the order of the old default
+# (workers=2), so a run started with that default resumes exactly on any machine with any worker count.
+AUTO_STREAMS = 2
+MAX_AUTO_WORKERS = 8  # past this, more processes mostly add shared memory and start-up time per rank
+
+
+def auto_workers(environ: dict[str, str] | None = None, cpus: int | None = None) -> int:
+    """Loader worker processes for one rank from the CPUs this process may run on.
+
+    The CPUs in the process's affinity are shared by the ranks on the node (LOCAL_WORLD_SIZE, set by
+    torchrun, `sivae launch` and its Slurm launcher; 1 when unset), unless Slurm bound this task to its
+    own CPUs (affinity no larger than SLURM_CPUS_PER_TASK). One CPU of a rank's share stays with its
+    main process (the training step, host-to-device copies); the rest decode: max(1, share - 1),
+    at most MAX_AUTO_WORKERS.
+    """
+    env = os.environ if environ is None else environ
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_ranks = max(1, int(env.get("LOCAL_WORLD_SIZE", "").strip() or 1))
+    per_task = env.get("SLURM_CPUS_PER_TASK", "").strip()
+    share = cpus if per_task and cpus <= int(per_task) else cpus // local_ranks
+    return max(1, min(MAX_AUTO_WORKERS, share - 1))
 
 
 @dataclass(frozen=True)
@@ -201,14 +227,23 @@ class _TrainDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         info = get_worker_info()
-        worker = info.id if info else 0
-        # The DataLoader asks worker 0 first: it serves global batch start_batch, worker 1 the next, ...
-        stream, local = stream_of_batch(self.start_batch + worker, self.order.streams)
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
         reader = ShardReader(self.shards, self.encoding, self.order.resolution)
         ring = self.slots.shape[1]
-        for n, items in enumerate(local_batches(self.order, stream, local)):
+        # The DataLoader takes its workers' batches round-robin, worker 0 first: worker w makes global
+        # batches start_batch + w, + w + workers, ... With as many workers as streams that is one stream's
+        # consecutive local batches; otherwise a worker keeps a position in each stream it serves and passes
+        # over the other workers' batches of it on sample numbers alone (no reading, no decoding).
+        positions: dict[int, tuple[Iterator[list[int]], int]] = {}  # stream -> (its local batches, next number)
+        for n, batch in enumerate(itertools.count(self.start_batch + worker, workers)):
+            stream, local = stream_of_batch(batch, self.order.streams)
+            batches, upcoming = positions.get(stream) or (local_batches(self.order, stream, local), local)
+            for _ in range(local - upcoming):
+                next(batches)
+            positions[stream] = (batches, local + 1)
             slot = n % ring
-            skipped = fill_train_batch(reader, self.order, stream, local + n, items, self.slots[worker, slot].numpy())
+            skipped = fill_train_batch(reader, self.order, stream, local, next(batches),
+                                       self.slots[worker, slot].numpy())
             yield worker, slot, skipped
 
 
@@ -221,14 +256,18 @@ class TrainStream:
     Iterating yields `Batch(images, skipped)`. `start_batch=k` yields exactly the batches the stream
     started at 0 yields from its k-th on: to resume, pass the number of batches this rank has taken
     from a stream with the same other arguments. `workers=0` and `workers=1` give the same stream.
-    Each `iter()` starts again at `start_batch`. `as_uint8` gives uint8 images (0..255) to convert
-    on the accelerator with `to_unit_range`; `pin_memory` pins each batch for fast device copies.
+    `workers=None` picks the worker count from the machine (`auto_workers`) and streams what
+    `workers=AUTO_STREAMS` streams, whatever count it picked. Each `iter()` starts again at
+    `start_batch`. `as_uint8` gives uint8 images (0..255) to convert on the accelerator with
+    `to_unit_range`; `pin_memory` pins each batch for fast device copies.
     """
 
     def __init__(self, data_dir: str | Path, resolution: int, batch_size: int, *, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, start_batch: int = 0, workers: int = 2,
+                 world_size: int = 1, seed: int = 0, start_batch: int = 0, workers: int | None = 2,
                  shuffle_buffer: int = 1000, flip: bool = True, split: str = "train", as_uint8: bool = False,
                  pin_memory: bool = False):
+        streams = AUTO_STREAMS if workers is None else max(workers, 1)
+        workers = auto_workers() if workers is None else workers
         limits = {"batch_size": (batch_size, 1), "world_size": (world_size, 1), "workers": (workers, 0),
                   "shuffle_buffer": (shuffle_buffer, 1), "start_batch": (start_batch, 0)}
         for name, (value, low) in limits.items():
@@ -241,7 +280,7 @@ class TrainStream:
         self.encoding = self.manifest.encoding(resolution)
         self.order = TrainOrder(
             counts=tuple(s.count for s in self.shards), seed=seed, resolution=resolution, rank=rank,
-            streams=max(workers, 1), batch_size=batch_size, shuffle_buffer=shuffle_buffer, flip=flip,
+            streams=streams, batch_size=batch_size, shuffle_buffer=shuffle_buffer, flip=flip,
         )
         self.workers, self.start_batch, self.as_uint8 = workers, start_batch, as_uint8
         self.pin_memory = pin_memory and torch.cuda.is_available()

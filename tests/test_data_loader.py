@@ -15,13 +15,19 @@ import torch
 from data_helpers import identity_image, sample_ids, write_identity_folder
 from process_helpers import rendezvous_env, run_together
 
+from sivae.core.config import ConfigError, dump_yaml
+from sivae.core.run_dir import RunDir
+from sivae.data_pipeline import loader as loader_module
 from sivae.data_pipeline import shards as shards_module
+from sivae.data_pipeline.bench import stream_cpu_row
 from sivae.data_pipeline.build import BuildOptions, build_dataset
+from sivae.data_pipeline.config import DataConfig
 from sivae.data_pipeline.errors import DataError
-from sivae.data_pipeline.loader import TrainStream, eval_batches, fill_train_batch, local_batches
+from sivae.data_pipeline.loader import TrainStream, auto_workers, eval_batches, fill_train_batch, local_batches
 from sivae.data_pipeline.manifest import load_manifest
 from sivae.data_pipeline.shards import ShardReader
 from sivae.data_pipeline.sources import FolderSource
+from sivae.train.schema import RunConfig
 
 B = 8
 
@@ -258,3 +264,85 @@ def test_two_gloo_processes_see_every_eval_sample_once_with_equal_batch_counts(t
     assert [r["batches"] for r in seen] == [2, 2]
     assert sorted(len(r["keys"]) for r in seen) == [5, 6]
     assert sorted(k for r in seen for k in r["keys"]) == keys
+
+
+# --- automatic worker counts (data.workers: null) ---------------------------------------------
+
+
+@pytest.mark.parametrize("cpus, env, expected", [
+    (2, {}, 1),  # this VM: one decoder, one core left to the training process
+    (1, {}, 1),  # never in-process by default: 0 only when asked for
+    (16, {"LOCAL_WORLD_SIZE": "2"}, 7),  # 8 CPUs per rank, minus the rank's own
+    (16, {"LOCAL_WORLD_SIZE": "8"}, 1),  # 2 per rank
+    (16, {"LOCAL_WORLD_SIZE": "32"}, 1),  # fewer CPUs than ranks: still one
+    (64, {}, 8),  # 63 would be the share: capped
+    (96, {"LOCAL_WORLD_SIZE": "4"}, 8),  # 24 per rank: capped
+    (6, {"LOCAL_WORLD_SIZE": "4", "SLURM_CPUS_PER_TASK": "6"}, 5),  # srun bound this task to its own 6 CPUs
+    (24, {"LOCAL_WORLD_SIZE": "4", "SLURM_CPUS_PER_TASK": "6"}, 5),  # all 24 of the node visible: shared by 4
+    (4, {"LOCAL_WORLD_SIZE": " "}, 3),  # blank reads as unset
+])
+def test_automatic_workers_from_the_cpus_per_rank(cpus, env, expected):
+    assert auto_workers(env, cpus) == expected
+
+
+def test_automatic_workers_read_the_affinity_and_the_environment(monkeypatch):
+    monkeypatch.setattr(loader_module.os, "sched_getaffinity", lambda pid: set(range(12)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert auto_workers() == 3  # 12 CPUs / 3 ranks = 4, one kept by the rank
+
+
+@pytest.mark.parametrize("cpus, workers", [(2, 1), (5, 4)])  # fewer and more workers than the order's streams
+def test_automatic_workers_stream_what_two_workers_stream(data, monkeypatch, cpus, workers):
+    monkeypatch.setattr(loader_module.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    auto = TrainStream(data, 8, B, workers=None, shuffle_buffer=30, seed=5, start_batch=3)
+    assert auto.workers == workers
+    expected = take(TrainStream(data, 8, B, workers=2, shuffle_buffer=30, seed=5, start_batch=3), 13)
+    got = take(auto, 13)
+    assert all(torch.equal(a.images, b.images) for a, b in zip(expected, got))
+    assert len(got) == 13
+
+
+def test_explicit_worker_counts_keep_their_own_streams(data):
+    one, three = (take(TrainStream(data, 4, B, workers=w, seed=2), 6) for w in (1, 3))
+    assert take(TrainStream(data, 4, B, workers=0, seed=2), 6)[3].images.equal(one[3].images)
+    assert not all(a.images.equal(b.images) for a, b in zip(one, three))  # 1 stream vs 3 streams
+
+
+def test_data_config_defaults_to_automatic_workers_and_keeps_explicit_ones():
+    assert DataConfig().workers is None
+    assert DataConfig(workers=0).workers == 0 and DataConfig(workers=5).workers == 5
+    with pytest.raises(ConfigError, match="workers"):
+        DataConfig(workers=-1)
+
+
+def test_a_run_started_with_two_workers_resumes_with_automatic_ones(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    started = RunConfig()
+    started.data.workers = 2  # what every run stored before the automatic default
+    dump_yaml(started, run.config)
+    run.check_resume(RunConfig())  # automatic: the same order, resumes
+    for other in (1, 3):  # another explicit count is another order: refused, saying so
+        cfg = RunConfig()
+        cfg.data.workers = other
+        with pytest.raises(ConfigError, match=rf"data\.workers: 2 -> {other}"):
+            run.check_resume(cfg)
+    dump_yaml(RunConfig(), run.config)  # started automatic
+    run.check_resume(started)
+    one = RunConfig()
+    one.data.workers = 1
+    with pytest.raises(ConfigError, match=r"data\.workers: None -> 1"):
+        run.check_resume(one)
+
+
+def test_per_core_rows_count_the_worker_processes_cpu(data):
+    """benchmarks/data_loader_speed.py --per-core: with workers, the decoding CPU is the workers' own."""
+    in_process = stream_cpu_row(data, 8, 0, B, as_uint8=True, seconds=0.3)
+    one = stream_cpu_row(data, 8, 1, B, as_uint8=False, seconds=0.3)
+    assert in_process.images_per_s > 0 and in_process.worker_cpu_per_image_ms > 0
+    assert in_process.main_cpu_per_image_ms == 0  # one process: all of it is the "worker" column
+    assert one.worker_cpu_per_image_ms > 0 and one.main_cpu_per_image_ms > 0  # the consumer converts to float32
+    assert (one.path, one.workers) == ("float32 stream", 1)

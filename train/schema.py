@@ -151,6 +151,9 @@ class RunConfig:
     # defaults that changed: a run directory whose stored config lacks the key ran with the old value,
     # so resuming it with the new default is a conflict that is reported, not a silent change
     CHANGED_DEFAULTS: ClassVar[dict[str, Any]] = {"train.fade_ramp": LEGACY_FADE_RAMP}
+    # values of a key that train the same (a resumed run may switch among them): automatic loader workers
+    # stream the order of the old default, two workers (sivae.data_pipeline.loader.AUTO_STREAMS)
+    SAME_TRAINING: ClassVar[dict[str, tuple[Any, ...]]] = {"data.workers": (2, None)}
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
