@@ -47,7 +47,7 @@ class ImageModality:
 
     def model_input(self, batch: HostBatch, pos: Position) -> Tensor:
         # for a GPU, uint8 leaves the loader (pinned: a quarter of the float bytes, copied asynchronously) and
-        # becomes [-1, 1] floats there; on the CPU the loader's workers convert (the same bits)
+        # becomes [-1, 1] floats there; on the CPU the loader converts as it hands the batch over (the same bits)
         x = batch.data.to(self.device, non_blocking=True)
         if x.dtype == torch.uint8:
             x = to_unit_range(x)
