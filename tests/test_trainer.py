@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sivae.core import checkpoint
 from sivae.core.distributed import free_port
+from sivae.data_pipeline.manifest import load_manifest
 from sivae.eval.loading import load_model
 from sivae.launch.cli import main as sivae
 from sivae.train import trainer
@@ -206,3 +207,18 @@ def test_bad_configs_are_refused_before_work(tmp_path, digits16, capsys):
     assert run_training(run_dir, digits16, "train.total_kimg=0.032") == 0
     assert run_training(run_dir, digits16, "train.total_kimg=0.064", "objective.beta_kl=0.5") == 2
     assert "objective.beta_kl: 0.2 -> 0.5" in capsys.readouterr().err
+
+
+def test_a_data_set_without_a_test_split_trains_and_shows_train_reconstructions(tmp_path):
+    """Built with --test-fraction 0 (all of FFHQ for FID), a run trains through its sample grids and
+    checkpoints; the reconstruction grid shows train images and says so in its tag."""
+    data = tmp_path / "digits-all-train"
+    assert sivae(["data", "build", "--source", "digits", "--out", str(data), "--max-resolution", "16",
+                  "--upsample", "--test-fraction", "0"]) == 0  # fmt: skip
+    assert not load_manifest(data).split_sizes.get("test")
+    run_dir = tmp_path / "run"
+    assert run_training(run_dir, data, "train.total_kimg=0.064", "train.sample_every_kimg=0.032") == 0
+    grids = sorted(p.name for p in (run_dir / "samples").glob("*.png"))
+    assert any(name.startswith("reconstructions_of_train_images-") for name in grids), grids
+    assert not any(name.startswith("reconstructions-") for name in grids), grids
+    assert final_state(run_dir)["progress"]["images"] == 64
