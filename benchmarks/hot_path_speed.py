@@ -17,7 +17,6 @@ It prints a Markdown table: the medians of each tree's seconds per iteration and
 from __future__ import annotations
 
 import argparse
-import configparser
 import json
 import os
 import statistics
@@ -27,23 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from code_trees import namespace_of
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def namespace_of(tree: Path, into: Path) -> Path:
-    """A folder whose `sivae` package is `tree`'s, as its setup.cfg maps the namespace."""
-    cfg = configparser.ConfigParser()
-    cfg.read(tree / "setup.cfg")
-    package = into / "sivae"
-    package.mkdir(parents=True)
-    for line in cfg["options"]["package_dir"].strip().splitlines():
-        name, folder = (part.strip() for part in line.split("="))
-        if name == "sivae":
-            for file in (tree / folder).glob("*.py"):
-                (package / file.name).symlink_to(file)
-        else:
-            (package / name.split(".", 1)[1]).symlink_to(tree / folder)
-    return into
 
 
 def child(args: argparse.Namespace) -> None:

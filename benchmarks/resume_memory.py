@@ -37,11 +37,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from code_trees import namespace_of
+
+from sivae.data_pipeline.bench import procedural_images
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("core", "data_pipeline", "models", "train", "eval", "launch")  # the repository folders under sivae.
 
 # Runs inside each rank: samples memory on a thread, runs `python -m sivae ...`, writes what it saw at exit.
 RANK_WRAPPER = r'''
@@ -89,33 +89,10 @@ class RankMemory:
     trainer_file: str
 
 
-def procedural_images(folder: Path, count: int, side: int, seed: int = 0) -> None:
-    """Smooth random colour fields with noise: PNGs that need no download."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:side, 0:side] / side
-    for i in range(count):
-        low = rng.uniform(0, 255, (3,))
-        image = np.stack([low[c] * (0.5 + 0.5 * np.sin(6 * xx + c) * np.cos(4 * yy)) for c in range(3)], axis=-1)
-        image += rng.normal(0, 6, image.shape)
-        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / f"img_{i:05d}.png")
-
-
-def package_view(tree: Path, into: Path) -> Path:
-    """A directory whose `sivae` package is `tree`'s folders (symbolic links), to put first on PYTHONPATH."""
-    package = into / "sivae"
-    package.mkdir(parents=True)
-    for name in ("__init__.py", "__main__.py"):
-        (package / name).symlink_to(tree / "sivae" / name)
-    for name in PACKAGES:
-        (package / name).symlink_to(tree / name, target_is_directory=True)
-    return into
-
-
 def tree_env(tree: Path | None, views: Path) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if tree is not None:
-        view = package_view(tree.resolve(), views / f"view-{len(list(views.iterdir()))}")
+        view = namespace_of(tree.resolve(), views / f"view-{len(list(views.iterdir()))}")
         env["PYTHONPATH"] = os.pathsep.join([str(view), *filter(None, [env.get("PYTHONPATH")])])
     return env
 

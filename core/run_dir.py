@@ -34,6 +34,18 @@ RESUMABLE_CHANGES = (
 SINGLE_FILE_BACKENDS = ("auto", "single", "accelerate")
 
 
+def _section(tree: dict, dotted: str, create: bool = False) -> tuple[Any, str]:
+    """The mapping that holds key `dotted` of a config tree and the key's last part. A missing section is
+    created (`create`) or read as empty; under a non-mapping there is none (None)."""
+    *parents, name = dotted.split(".")
+    node: Any = tree
+    for part in parents:
+        if not isinstance(node, dict):
+            return None, name
+        node = node.setdefault(part, {}) if create else node.get(part, {})
+    return node, name
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: Path
@@ -66,22 +78,16 @@ class RunDir:
         stored = yaml.safe_load(self.config.read_text())
         # a key whose default changed since the run started keeps the value the run had (the old default)
         for dotted, old_default in getattr(type(cfg), "CHANGED_DEFAULTS", {}).items():
-            *parents, name = dotted.split(".")
-            node = stored
-            for part in parents:
-                node = node.setdefault(part, {}) if isinstance(node, dict) else None
+            node, name = _section(stored, dotted, create=True)
             if isinstance(node, dict):
                 node.setdefault(name, old_default)
         with contextlib.suppress(ConfigError):  # keys added to the schema since the run started take defaults
             stored = to_dict(from_dict(type(cfg), stored))
         new = to_dict(cfg)
         for dotted, alike in getattr(type(cfg), "SAME_TRAINING", {}).items():
-            *parents, name = dotted.split(".")
-            old_node, new_node = stored, new
-            for part in parents:
-                old_node, new_node = old_node.get(part, {}), new_node.get(part, {})
+            (old_node, name), (new_node, _) = _section(stored, dotted), _section(new, dotted)
             if isinstance(old_node, dict) and name in old_node and old_node[name] in alike \
-                    and new_node.get(name) in alike:
+                    and isinstance(new_node, dict) and new_node.get(name) in alike:
                 old_node[name] = new_node[name]
         backends = (stored.get("train", {}).get("backend"), new["train"]["backend"])
         if all(b in SINGLE_FILE_BACKENDS for b in backends):  # the same checkpoints: any process count

@@ -3,26 +3,19 @@
 from pathlib import Path
 
 import pytest
-
-from sivae.launch.cli import main as sivae
+from data_helpers import build_digits
 
 
 @pytest.fixture(scope="session")
 def digits16(tmp_path_factory) -> Path:
     """scikit-learn's 1797 real 8x8 digits as an RGB data set with levels 4, 8 and 16px."""
-    out = tmp_path_factory.mktemp("data") / "digits16"
-    code = sivae(["data", "build", "--source", "digits", "--out", str(out), "--max-resolution", "16", "--upsample"])
-    assert code == 0
-    return out
+    return build_digits(tmp_path_factory.mktemp("data") / "digits16", 16)
 
 
 @pytest.fixture(scope="session")
 def digits32(tmp_path_factory) -> Path:
     """The digits with levels 4 to 32px."""
-    out = tmp_path_factory.mktemp("data") / "digits32"
-    code = sivae(["data", "build", "--source", "digits", "--out", str(out), "--max-resolution", "32", "--upsample"])
-    assert code == 0
-    return out
+    return build_digits(tmp_path_factory.mktemp("data") / "digits32", 32)
 
 
 @pytest.fixture(scope="session")

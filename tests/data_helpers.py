@@ -7,6 +7,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sivae.launch.cli import main as sivae
+
+
+def build_digits(out: Path, max_resolution: int, *options: str) -> Path:
+    """scikit-learn's real 8x8 digits as an RGB data set with levels 4px to `max_resolution`
+    (`options`: more `sivae data build` flags)."""
+    code = sivae(["data", "build", "--source", "digits", "--out", str(out), "--max-resolution",
+                  str(max_resolution), "--upsample", *options])  # fmt: skip
+    assert code == 0, f"sivae data build gave {code}"
+    return out
+
 
 def identity_color(i: int) -> tuple[int, int, int]:
     """A colour unique to sample i (i < 256*256): red = i % 256, green = i // 256, blue = 200."""

@@ -16,6 +16,7 @@ def test_the_smoke_mode_resumes_two_ranks_of_the_given_tree_and_reports_their_me
     tree = tmp_path / "tree"  # a copy: the ranks must import it, not the installed checkout
     for name in ("sivae", "core", "data_pipeline", "models", "train", "eval", "launch"):
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "setup.cfg", tree)  # how the tree maps the sivae namespace onto its folders
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--tree", f"copy={tree}", "--work",
                            str(tmp_path / "work"), "--json", str(tmp_path / "memory.json")],

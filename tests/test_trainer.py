@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_helpers import build_digits
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sivae.core import checkpoint
@@ -212,9 +213,7 @@ def test_bad_configs_are_refused_before_work(tmp_path, digits16, capsys):
 def test_a_data_set_without_a_test_split_trains_and_shows_train_reconstructions(tmp_path):
     """Built with --test-fraction 0 (all of FFHQ for FID), a run trains through its sample grids and
     checkpoints; the reconstruction grid shows train images and says so in its tag."""
-    data = tmp_path / "digits-all-train"
-    assert sivae(["data", "build", "--source", "digits", "--out", str(data), "--max-resolution", "16",
-                  "--upsample", "--test-fraction", "0"]) == 0  # fmt: skip
+    data = build_digits(tmp_path / "digits-all-train", 16, "--test-fraction", "0")
     assert not load_manifest(data).split_sizes.get("test")
     run_dir = tmp_path / "run"
     assert run_training(run_dir, data, "train.total_kimg=0.064", "train.sample_every_kimg=0.032") == 0

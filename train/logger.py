@@ -48,7 +48,8 @@ class Logger:
         now = time.perf_counter()
         rate = (images - self.last_images) / max(now - self.last_time, 1e-9)
         self.last_time, self.last_images = now, images
-        means = {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}  # one host sync per interval
+        sums = torch.stack([torch.as_tensor(v).float() for v in self.sums.values()]).tolist() if self.sums else []
+        means = {k: v / max(self.count, 1) for k, v in zip(self.sums, sums)}  # one host read per interval
         step = images
         for key, value in means.items():
             self.writer.add_scalar(f"loss/{key}", value, step)
