@@ -124,11 +124,13 @@ class StyleDecoder(nn.Module):
             mixed = torch.rand(batch, 1, 1, device=z.device) < self.style_mixing_prob
             slot = torch.arange(slots, device=z.device).view(1, slots, 1)
             styles = torch.where(mixed & (slot >= cutoff), w2.unsqueeze(1), styles)
-        if truncation_psi is not None:
-            psi = torch.full((1, slots, 1), float(truncation_psi), device=z.device)
-            psi[:, self.truncation_cutoff:] = 1.0
-            styles = torch.lerp(self.w_avg.to(styles.dtype), styles, psi.to(styles.dtype))
-        return styles
+        return styles if truncation_psi is None else self.truncate(styles, truncation_psi)
+
+    def truncate(self, styles: Tensor, psi: float) -> Tensor:
+        """Per-slot w (B, slots, latent) pulled toward the average w on the first `truncation_cutoff` slots."""
+        weight = torch.full((1, styles.shape[1], 1), float(psi), device=styles.device)
+        weight[:, self.truncation_cutoff:] = 1.0
+        return torch.lerp(self.w_avg.to(styles.dtype), styles, weight.to(styles.dtype))
 
     def parameters_unused_at(self, lod: int | None, blend: float) -> set[str]:
         """The parameters a forward pass at (lod, blend) gives no gradient (for data parallelism)."""
@@ -137,12 +139,20 @@ class StyleDecoder(nn.Module):
     def forward(self, z: Tensor, lod: int | None = None, blend: float = 1.0, mixing: bool = False, *,
                 truncation_psi: float | None = None, noise: bool = True) -> Tensor:
         lod = self.max_lod if lod is None else lod
-        if not 0 <= lod <= self.max_lod:
-            raise ValueError(f"level {lod} is outside 0..{self.max_lod}")
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"z must have shape (batch, {self.latent_dim}), got {tuple(z.shape)}")
-        styles = self.styles(z, lod, mixing, truncation_psi)
-        x = self.const.expand(z.shape[0], -1, -1, -1)
+        return self.synthesize(self.styles(z, lod, mixing, truncation_psi), lod, blend, noise=noise)
+
+    def synthesize(self, styles: Tensor, lod: int | None = None, blend: float = 1.0, *, noise: bool = True) -> Tensor:
+        """The image of per-slot w `styles` (B, >= 2 * (lod + 1), latent): the decoder after its mapping
+        network, for the tools that edit w directly (style mixing grids, inversion in w)."""
+        lod = self.max_lod if lod is None else lod
+        if not 0 <= lod <= self.max_lod:
+            raise ValueError(f"level {lod} is outside 0..{self.max_lod}")
+        if styles.dim() != 3 or styles.shape[1] < 2 * (lod + 1) or styles.shape[2] != self.latent_dim:
+            raise ValueError(f"styles must have shape (batch, >= {2 * (lod + 1)}, {self.latent_dim}), "
+                             f"got {tuple(styles.shape)}")
+        x = self.const.expand(styles.shape[0], -1, -1, -1)
         for level in range(lod):
             x = self.blocks[level](x, styles[:, 2 * level], styles[:, 2 * level + 1], noise)
         image = self.to_rgb[lod](self.blocks[lod](x, styles[:, 2 * lod], styles[:, 2 * lod + 1], noise))
