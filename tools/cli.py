@@ -79,9 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "input|reconstruction pairs, grid.png and per-image PSNR/SSIM in reconstruct.json. "
                                    "The encoder-alone numbers are those of sivae eval run --metrics recon.")
     _common(p)
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", type=Path, help="a built data set directory")
-    source.add_argument("images", nargs="*", type=Path, default=[], metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="*", type=Path, default=[], metavar="IMAGE", help="image files (or --data)")
+    p.add_argument("--data", type=Path, help="a built data set directory (or IMAGE files)")
     p.add_argument("--split", default="test", help="split of --data (default test)")
     p.add_argument("--num", type=_positive, help="the first N samples of the split (default all)")
     p.add_argument("--seed", dest="noise_seed", type=int, default=0,
@@ -99,9 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Frames between the endpoints (seeds, or images encoded to their posterior mean): "
                                    "spherical in z or linear in w; frames/, strip.png and an animation.")
     _common(p)
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--seeds", help="endpoint seeds A,B[,C...]")
-    source.add_argument("images", nargs="*", type=Path, default=[], metavar="IMAGE", help="endpoint image files")
+    p.add_argument("images", nargs="*", type=Path, default=[], metavar="IMAGE",
+                   help="endpoint image files (or --seeds)")
+    p.add_argument("--seeds", help="endpoint seeds A,B[,C...] (or IMAGE files)")
     p.add_argument("--steps", type=int, default=16, help="frames per segment, both endpoints counted (16)")
     p.add_argument("--space", choices=("z", "w"), default="z", help="z (spherical) or w (linear, style models)")
     p.add_argument("--format", choices=FORMATS, default="gif", help="animation format, or png for frames only")
@@ -186,9 +185,12 @@ def _input_images(tool, args: argparse.Namespace):
 
 def _reconstruct(tool, args: argparse.Namespace) -> str:
     from sivae.tools.reconstruct import image_batches, reconstruct
+    from sivae.tools.session import ToolError
 
     if args.refine_steps < 0:
         raise ValueError("--refine-steps must be >= 0")
+    if (args.data is None) == (not args.images):
+        raise ToolError("give either --data DATA_DIR or IMAGE files")
     notes: list[str] = []
     if args.data is not None:
         batches = tool.context.data_parts(args.data, args.split, args.num, desc=f"reconstruct ({args.split})")
@@ -213,6 +215,8 @@ def _interpolate(tool, args: argparse.Namespace) -> str:
     from sivae.tools.interpolate import interpolate
     from sivae.tools.session import ToolError
 
+    if (args.seeds is None) == (not args.images):
+        raise ToolError("give either --seeds A,B[,C...] or IMAGE files")
     if args.seeds is not None:
         seeds = _seeds(args.seeds, "--seeds")
         endpoints, names, notes = tool.latents_of_seeds(seeds), [f"seed {s}" for s in seeds], []

@@ -173,7 +173,7 @@ def read_image_files(paths: list[Path], resolution: int, top: int, *, non_square
             raise ToolError(f"{path}: {exc} (non-square images: --non-square crop)") from None
         if (height, width) != (resolution, resolution):
             resized.append(f"{path.name} ({width}x{height}{', centre square' if height != width else ''})")
-        images.append(torch.from_numpy(np.ascontiguousarray(level)).permute(2, 0, 1))
+        images.append(torch.from_numpy(np.array(level)).permute(2, 0, 1))
         keys.append(path.name)
     if not images:
         raise ToolError("no images given")
