@@ -331,3 +331,14 @@ def test_every_index_links_images_that_exist(setup, tmp_path):
         assert parser.sources and parser.captions == len(parser.sources), command
         for source in parser.sources:
             assert (out / source).is_file(), (command, source)
+
+
+def test_the_inversion_benchmark_runs_at_a_tiny_size(setup):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inversion.py"), str(setup["snapshot"]),
+                           "--data", str(setup["data"]), "--images", "4", "--steps", "0", "3", "--threads", "1"],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith(("| encoder", "| refined"))]
+    assert [r[1].strip() for r in rows] == ["encoder alone", "refined, 3 steps"]
+    assert float(rows[1][4]) >= float(rows[0][4])  # the refinement keeps each image's best iterate
