@@ -4,7 +4,7 @@ For each K in --steps (0 = the encoder alone) it reconstructs the first --images
 the tools' own code and prints images/s and the mean PSNR / SSIM, in one process, one after the other.
 
     python benchmarks/inversion.py SNAPSHOT [--data DIR] [--split test] [--images 64] [--steps 0 10 50 200]
-        [--space z] [--lr 0.01] [--threads 2] [--batch-size 32] [--device cpu]
+        [--space z] [--lr 0.03] [--threads 2] [--batch-size 32] [--device cpu]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 10, 50, 200])
     parser.add_argument("--space", choices=("z", "w"), default="z")
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--lr", type=float, default=0.03)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")

@@ -342,3 +342,14 @@ def test_the_inversion_benchmark_runs_at_a_tiny_size(setup):
     rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith(("| encoder", "| refined"))]
     assert [r[1].strip() for r in rows] == ["encoder alone", "refined, 3 steps"]
     assert float(rows[1][4]) >= float(rows[0][4])  # the refinement keeps each image's best iterate
+
+
+def test_written_files_follow_the_umask_not_mkstemps_private_mode(tmp_path):
+    from sivae.core.fileio import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        path = atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640

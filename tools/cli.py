@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refine-steps", type=int, default=0, metavar="K",
                    help="refine each latent by K Adam steps on the pixel error, from the encoder's answer")
     p.add_argument("--refine-space", choices=("z", "w"), default="z", help="refine z, or w per style slot")
-    p.add_argument("--refine-lr", type=float, default=0.01, help="Adam step size of the refinement (0.01)")
+    p.add_argument("--refine-lr", type=float, default=0.03, help="Adam step size of the refinement (0.03)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes per rank")
     _image_options(p)
     _html(p)

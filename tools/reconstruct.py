@@ -28,7 +28,7 @@ from sivae.tools.session import InputImages, ToolError, ToolModel
 
 
 def refine_latents(tool: ToolModel, images: Tensor, keys: list[str], steps: int, *, space: str = "z",
-                   lr: float = 0.01) -> Tensor:
+                   lr: float = 0.03) -> Tensor:
     """Reconstructions in [-1, 1] after `steps` Adam steps on the latent (z, or per-slot w) of each image."""
     ctx, model = tool.context, tool.model
     if space == "w":
@@ -82,7 +82,7 @@ def scores(originals: Tensor, reconstructions: Tensor) -> tuple[np.ndarray, np.n
 
 
 def reconstruct(tool: ToolModel, batches: Iterator[DataPart], out: Path, *, refine_steps: int = 0,
-                refine_space: str = "z", refine_lr: float = 0.01, notes: list[str] = (), grid_images: int = 32,
+                refine_space: str = "z", refine_lr: float = 0.03, notes: list[str] = (), grid_images: int = 32,
                 html: bool = False) -> dict[str, Any]:
     ctx, env = tool.context, tool.env
     (out / "pairs").mkdir(parents=True, exist_ok=True)
