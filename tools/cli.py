@@ -11,9 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sivae.tools.interpolate import FORMATS
-
-COMMANDS = ("generate", "reconstruct", "interpolate", "mix", "encode")
+ANIMATION_FORMATS = ("gif", "mp4", "png")
 
 
 def _grid(text: str) -> tuple[int, int]:
@@ -103,7 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", help="endpoint seeds A,B[,C...] (or IMAGE files)")
     p.add_argument("--steps", type=int, default=16, help="frames per segment, both endpoints counted (16)")
     p.add_argument("--space", choices=("z", "w"), default="z", help="z (spherical) or w (linear, style models)")
-    p.add_argument("--format", choices=FORMATS, default="gif", help="animation format, or png for frames only")
+    p.add_argument("--format", choices=ANIMATION_FORMATS, default="gif",
+                   help="animation format, or png for frames only")
     _image_options(p)
     _html(p)
     p.set_defaults(handler=lambda args: _run(args, _interpolate))

@@ -15,8 +15,6 @@ from sivae.tools.latents import path_through
 from sivae.tools.outputs import save_animation, save_grid, save_image, write_index, write_json
 from sivae.tools.session import ToolModel
 
-FORMATS = ("gif", "mp4", "png")
-
 
 def interpolate(tool: ToolModel, endpoints: Tensor, names: list[str], out: Path, *, steps: int = 16,
                 space: str = "z", fmt: str = "gif", html: bool = False) -> dict[str, Any]:
