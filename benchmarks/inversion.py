@@ -19,8 +19,7 @@ import numpy as np
 import torch
 
 from sivae.core.distributed import single_process_env
-from sivae.core.images import to_uint8
-from sivae.tools.reconstruct import refine_latents, scores
+from sivae.tools.reconstruct import refine_latents
 from sivae.tools.session import ToolOptions, open_model
 
 
@@ -53,12 +52,12 @@ def main() -> None:
         started = time.perf_counter()
         for batch in batches:
             if steps == 0:
-                output = tool.context.reconstruct(batch.images, batch.keys)
+                output = tool.kind.reconstruct(tool.context, batch.images, batch.keys)
             else:
                 output = refine_latents(tool, batch.images, batch.keys, steps, space=args.space, lr=args.lr)
-            p, s = scores(tool.context.as_reals(batch.images), to_uint8(output).cpu())
-            psnrs.append(p)
-            ssims.append(s)
+            measured = tool.kind.scores(tool.context, batch.images, output)
+            psnrs.append(measured["psnr"])
+            ssims.append(measured["ssim"])
         seconds = time.perf_counter() - started
         name = "encoder alone" if steps == 0 else f"refined, {steps} steps"
         print(f"| {name} | {count / seconds:.2f} | {seconds / count:.4f} | {np.concatenate(psnrs).mean():.3f} | "

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from sivae.core.distributed import gather_lists, gather_rows, part
-from sivae.core.images import to_uint8
 from sivae.tools.outputs import save_grid, save_image, write_index, write_json
 from sivae.tools.session import ToolError, ToolModel
 
@@ -35,7 +34,7 @@ def generate(tool: ToolModel, seeds: list[int], out: Path, *, truncation_psi: fl
     for start in tool.context.bar(chunks, desc="generate", total=len(chunks)):
         positions = range(start, min(start + size, mine.stop))
         batch = [seeds[i] for i in positions]
-        images = to_uint8(tool.decode(tool.latents_of_seeds(batch), truncation_psi, cutoff)).cpu()
+        images = tool.pictures(tool.decode(tool.latents_of_seeds(batch), truncation_psi, cutoff))
         for i, seed, image in zip(positions, batch, images):
             save_image(image, out / sample_name(seed, truncation_psi))
             if i < shown:

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sivae.core.images import to_uint8
 from sivae.tools.latents import path_through
 from sivae.tools.outputs import save_animation, save_grid, save_image, write_index, write_json
 from sivae.tools.session import ToolModel
@@ -30,7 +29,7 @@ def interpolate(tool: ToolModel, endpoints: Tensor, names: list[str], out: Path,
         chunk = path[start : start + tool.options.batch_size]
         with torch.no_grad():
             images = tool.synthesize(chunk) if space == "w" else tool.decode(chunk)
-        frames.append(to_uint8(images).cpu())
+        frames.append(tool.pictures(images))
     frames = torch.cat(frames)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     for i, frame in enumerate(frames):

@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 
-from sivae.core.images import to_uint8
 from sivae.tools.latents import mix_styles, mixing_levels
 from sivae.tools.outputs import save_grid, save_image, write_index, write_json
 from sivae.tools.session import ToolError, ToolModel
@@ -53,4 +52,4 @@ def mix(tool: ToolModel, row_seeds: list[int], column_seeds: list[int], layers: 
 def _synthesize(tool: ToolModel, styles: torch.Tensor) -> torch.Tensor:
     """uint8 images of per-slot w [N, slots, latent], in batches."""
     size = tool.options.batch_size
-    return torch.cat([to_uint8(tool.synthesize(styles[i : i + size])).cpu() for i in range(0, len(styles), size)])
+    return torch.cat([tool.pictures(tool.synthesize(styles[i : i + size])) for i in range(0, len(styles), size)])

@@ -19,21 +19,19 @@ import torch
 from torch import Tensor
 
 from sivae.core.distributed import gather_lists, part
-from sivae.core.images import to_uint8
 from sivae.data_pipeline.sources import IMAGE_SUFFIXES
 from sivae.eval.context import DataPart, key_seed
-from sivae.eval.measures import psnr, ssim
 from sivae.tools.outputs import save_grid, save_image, side_by_side, write_index, write_json
 from sivae.tools.session import InputImages, ToolError, ToolModel
 
 
 def refine_latents(tool: ToolModel, images: Tensor, keys: list[str], steps: int, *, space: str = "z",
                    lr: float = 0.03) -> Tensor:
-    """Reconstructions in [-1, 1] after `steps` Adam steps on the latent (z, or per-slot w) of each image."""
+    """The decoder's outputs after `steps` Adam steps on the latent (z, or per-slot w) of each sample."""
     ctx, model = tool.context, tool.model
     if space == "w":
         tool.require_style("refinement in w")
-    target = ctx.as_model_input(images)
+    target = tool.kind.model_input(ctx, images)
     with torch.no_grad():
         mu, _ = ctx.encode(target)
         start = tool.styles(mu) if space == "w" else mu
@@ -52,7 +50,7 @@ def refine_latents(tool: ToolModel, images: Tensor, keys: list[str], steps: int,
     best = best_error = None
     for step in range(steps + 1):
         output = decode(latent)
-        error = (output.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        error = tool.kind.error(output, target)
         with torch.no_grad():
             if best is None:
                 best, best_error = output.detach().clone(), error.detach().clone()
@@ -62,7 +60,7 @@ def refine_latents(tool: ToolModel, images: Tensor, keys: list[str], steps: int,
         if step == steps:
             break
         optimizer.zero_grad(set_to_none=True)
-        error.sum().backward()  # images are independent: the sum gives each its own gradient
+        error.sum().backward()  # samples are independent: the sum gives each its own gradient
         optimizer.step()
     return best
 
@@ -75,12 +73,6 @@ def image_batches(files: InputImages, tool: ToolModel) -> Iterator[DataPart]:
         yield DataPart(files.images[start:stop], files.keys[start:stop], 0)
 
 
-def scores(originals: Tensor, reconstructions: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image PSNR and SSIM of uint8 images, as the recon metric computes them."""
-    x, y = originals.double() / 255.0, reconstructions.double() / 255.0
-    return psnr(x, y).numpy(), ssim(x, y).numpy()
-
-
 def reconstruct(tool: ToolModel, batches: Iterator[DataPart], out: Path, *, refine_steps: int = 0,
                 refine_space: str = "z", refine_lr: float = 0.03, notes: list[str] = (), grid_images: int = 32,
                 html: bool = False) -> dict[str, Any]:
@@ -90,25 +82,26 @@ def reconstruct(tool: ToolModel, batches: Iterator[DataPart], out: Path, *, refi
     shown: list[Tensor] = []
     seconds = {"encoder": 0.0, "refine": 0.0}
     unreadable = 0
+    kind = tool.kind
     for data in batches:
         started = time.perf_counter()
-        originals = ctx.as_reals(data.images)  # at blend < 1: the faded image the model saw
-        encoded = to_uint8(ctx.reconstruct(data.images, data.keys)).cpu()
+        encoded = kind.reconstruct(ctx, data.images, data.keys)
         seconds["encoder"] += time.perf_counter() - started
-        versions = [originals, encoded]
+        outputs = [encoded]
         if refine_steps:
             started = time.perf_counter()
-            versions.append(to_uint8(refine_latents(tool, data.images, data.keys, refine_steps, space=refine_space,
-                                                    lr=refine_lr)).cpu())
+            outputs.append(refine_latents(tool, data.images, data.keys, refine_steps, space=refine_space,
+                                          lr=refine_lr))
             seconds["refine"] += time.perf_counter() - started
-        measured = [scores(originals, v) for v in versions[1:]]
+        measured = [kind.scores(ctx, data.images, output) for output in outputs]
+        pictures = [kind.shown_inputs(ctx, data.images), *(kind.pictures(output) for output in outputs)]
         for i, key in enumerate(data.keys):
-            row = {"key": key, "file": f"pairs/{_file_name(key)}.png",
-                   "psnr": float(measured[0][0][i]), "ssim": float(measured[0][1][i])}
+            row = {"key": key, "file": f"pairs/{_file_name(key)}.png"}
+            row |= {name: float(values[i]) for name, values in measured[0].items()}
             if refine_steps:
-                row |= {"refined_psnr": float(measured[1][0][i]), "refined_ssim": float(measured[1][1][i])}
+                row |= {f"refined_{name}": float(values[i]) for name, values in measured[1].items()}
             rows.append(row)
-            pair = side_by_side(*(v[i] for v in versions))
+            pair = side_by_side(*(p[i] for p in pictures))
             save_image(pair, out / row["file"])
             if len(shown) < grid_images:
                 shown.append(pair)
@@ -120,29 +113,27 @@ def reconstruct(tool: ToolModel, batches: Iterator[DataPart], out: Path, *, refi
         return {}
     if not rows:
         raise ToolError("no readable images to reconstruct")
-    count = len(rows)
+    count, names = len(rows), measured_names(rows)
     summary: dict[str, Any] = {
         "model": str(tool.loaded.path), "kimg": tool.loaded.kimg, "resolution": tool.resolution,
         "images": count, "unreadable": sum(t[2] for t in totals), "notes": list(notes),
-        "psnr": float(np.mean([r["psnr"] for r in rows])), "ssim": float(np.mean([r["ssim"] for r in rows])),
+        **{name: float(np.mean([r[name] for r in rows])) for name in names},
         "encoder_seconds_per_image": sum(t[0] for t in totals) / count,
     }
     if refine_steps:
-        summary |= {
-            "refine_steps": refine_steps, "refine_space": refine_space, "refine_lr": refine_lr,
-            "refined_psnr": float(np.mean([r["refined_psnr"] for r in rows])),
-            "refined_ssim": float(np.mean([r["refined_ssim"] for r in rows])),
-            "refine_seconds_per_image": sum(t[1] for t in totals) / count,
-        }
-        summary["psnr_gain"] = summary["refined_psnr"] - summary["psnr"]
+        summary |= {"refine_steps": refine_steps, "refine_space": refine_space, "refine_lr": refine_lr,
+                    **{f"refined_{name}": float(np.mean([r[f"refined_{name}"] for r in rows])) for name in names},
+                    "refine_seconds_per_image": sum(t[1] for t in totals) / count}
+        summary[f"{kind.primary}_gain"] = summary[f"refined_{kind.primary}"] - summary[kind.primary]
     summary["per_image"] = rows
     write_json(out / "reconstruct.json", summary)
     columns = 4 if refine_steps else 6
     save_grid(torch.stack(shown), columns, out / "grid.png")
     if html:
         layout = "input | encoder | refined" if refine_steps else "input | reconstruction"
-        figures = [("grid.png", layout)] + [(r["file"], f"{r['key']}: PSNR {r['psnr']:.2f} dB"
-                                             + (f" -> {r['refined_psnr']:.2f} dB" if refine_steps else ""))
+        primary = kind.primary
+        figures = [("grid.png", layout)] + [(r["file"], f"{r['key']}: {primary} {r[primary]:.4g}"
+                                             + (f" -> {r['refined_' + primary]:.4g}" if refine_steps else ""))
                                             for r in rows]
         write_index(out, f"Reconstructions by {tool.loaded.path.name}", figures,
                     [f"{tool.resolution}px, {tool.loaded.kimg:g} kimg; {layout}", *notes])
@@ -155,3 +146,8 @@ def _file_name(key: str) -> str:
     stem, dot, suffix = name.rpartition(".")
     return stem if dot and f".{suffix.lower()}" in IMAGE_SUFFIXES else name
 
+
+
+def measured_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The score names of the per-sample rows (what is neither the key, the file nor a refined score)."""
+    return [name for name in rows[0] if name not in ("key", "file") and not name.startswith("refined_")]

@@ -22,6 +22,7 @@ from sivae.data_pipeline.images import ImageProblem, box_downsample, resize_box,
 from sivae.eval.context import EvalContext, EvalOptions
 from sivae.eval.loading import LoadedModel, load_model
 from sivae.models.progressive import lod_of
+from sivae.tools.kinds import kind_of
 
 
 class ToolError(RuntimeError):
@@ -42,6 +43,7 @@ class ToolModel:
     def __init__(self, loaded: LoadedModel, env: DistEnv, options: ToolOptions, out_dir: Path | None):
         self.loaded, self.env, self.options = loaded, env, options
         self.model = loaded.model
+        self.kind = kind_of(loaded.config.data.kind)
         self.context = EvalContext(loaded, EvalOptions(seed=options.seed, batch_size=options.batch_size,
                                                        workers=options.workers, progress=options.progress),
                                    env, out_dir)  # fmt: skip
@@ -107,9 +109,13 @@ class ToolModel:
         return self.model.decoder.synthesize(styles, self.lod, self.blend, noise="const")
 
     @torch.no_grad()
-    def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(mu, logvar) of uint8 images [B, 3, R, R] at this level (faded in as in training)."""
-        return self.context.encode(self.context.as_model_input(images))
+    def encode(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, logvar) of a batch as the data stores it (images: uint8, faded in at this level as in training)."""
+        return self.context.encode(self.kind.model_input(self.context, batch))
+
+    def pictures(self, output: Tensor) -> Tensor:
+        """uint8 pictures [B, 3, H, W] (CPU) of decoder outputs."""
+        return self.kind.pictures(output)
 
 
 def open_model(path: Path, env: DistEnv, options: ToolOptions, out_dir: Path | None = None,
