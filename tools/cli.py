@@ -183,7 +183,7 @@ def _input_images(tool, args: argparse.Namespace):
 
 
 def _reconstruct(tool, args: argparse.Namespace) -> str:
-    from sivae.tools.reconstruct import image_batches, reconstruct
+    from sivae.tools.reconstruct import image_batches, measured_names, reconstruct
     from sivae.tools.session import ToolError
 
     if args.refine_steps < 0:
@@ -200,13 +200,15 @@ def _reconstruct(tool, args: argparse.Namespace) -> str:
                           refine_lr=args.refine_lr, notes=notes, html=args.html)
     if not summary:
         return ""
-    lines = [*notes, f"{summary['images']} images at {tool.resolution}px: PSNR {summary['psnr']:.3f} dB, "
-                     f"SSIM {summary['ssim']:.4f} (encoder alone, {summary['encoder_seconds_per_image']:.4f} s/image)"]
+    names = measured_names(summary["per_image"])
+    scored = ", ".join(f"{name} {summary[name]:.4g}" for name in names)
+    lines = [*notes, f"{summary['images']} samples at {tool.resolution}px: {scored} (encoder alone, "
+                     f"{summary['encoder_seconds_per_image']:.4f} s/sample)"]
     if args.refine_steps:
-        lines.append(f"refined ({args.refine_steps} steps in {args.refine_space}): "
-                     f"PSNR {summary['refined_psnr']:.3f} dB "
-                     f"({summary['psnr_gain']:+.3f}), SSIM {summary['refined_ssim']:.4f}, "
-                     f"{summary['refine_seconds_per_image']:.4f} s/image")
+        refined = ", ".join(f"{name} {summary['refined_' + name]:.4g}" for name in names)
+        primary = tool.kind.primary
+        lines.append(f"refined ({args.refine_steps} steps in {args.refine_space}): {refined} ({primary} gain "
+                     f"{summary[primary + '_gain']:+.4g}), {summary['refine_seconds_per_image']:.4f} s/sample")
     return "\n".join([*lines, f"pairs, grid.png and reconstruct.json in {args.out}"])
 
 

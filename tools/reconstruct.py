@@ -124,7 +124,8 @@ def reconstruct(tool: ToolModel, batches: Iterator[DataPart], out: Path, *, refi
         summary |= {"refine_steps": refine_steps, "refine_space": refine_space, "refine_lr": refine_lr,
                     **{f"refined_{name}": float(np.mean([r[f"refined_{name}"] for r in rows])) for name in names},
                     "refine_seconds_per_image": sum(t[1] for t in totals) / count}
-        summary[f"{kind.primary}_gain"] = summary[f"refined_{kind.primary}"] - summary[kind.primary]
+        change = summary[f"refined_{kind.primary}"] - summary[kind.primary]
+        summary[f"{kind.primary}_gain"] = change if kind.higher_is_better else -change  # > 0: refinement helped
     summary["per_image"] = rows
     write_json(out / "reconstruct.json", summary)
     columns = 4 if refine_steps else 6
