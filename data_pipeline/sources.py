@@ -44,6 +44,7 @@ class SourceItem:
     ref: Any  # what the source's `load` turns into an image (picklable)
     split: str | None = None  # the source's own split; None: assigned by --test-fraction
     label: int | None = None
+    meta: dict[str, Any] | None = None  # stored as the sample's KEY.json member (for evaluation, never trained on)
 
 
 class Source(ABC):
@@ -88,8 +89,13 @@ def tar_key(name: str) -> str:
 
 
 def parse_source(spec: str) -> Source:
-    """`emoji`, `emoji:FONT`, `digits`, `folder:PATH`, `zip:PATH`, `cifar10:PATH` or `svhn:PATH`."""
+    """`emoji`, `emoji:FONT`, `emoji-poses[:OPTIONS]`, `digits`, `folder:PATH`, `zip:PATH`, `cifar10:PATH` or
+    `svhn:PATH`."""
     kind, _, arg = spec.partition(":")
+    if kind == "emoji-poses":
+        from sivae.data_pipeline.poses import parse_poses_spec  # it builds on this module's emoji source
+
+        return parse_poses_spec(arg)
     if kind == "emoji":
         return EmojiSource(Path(arg) if arg else DEFAULT_EMOJI_FONT)
     if kind == "digits" and not arg:
@@ -101,7 +107,7 @@ def parse_source(spec: str) -> Source:
             raise DataError(f"source {kind}: {path} does not exist")
         return makers[kind](path)
     raise DataError(
-        f"unknown source {spec!r}: use emoji, digits, folder:PATH, zip:PATH, cifar10:PATH or svhn:PATH"
+        f"unknown source {spec!r}: use emoji, emoji-poses, digits, folder:PATH, zip:PATH, cifar10:PATH or svhn:PATH"
     )
 
 
