@@ -3,9 +3,10 @@ built-in objectives.
 
 An objective is a sequence of phases (train.phases), each updating some of the model's networks:
 Soft-IntroVAE and IntroVAE update the encoder, then the decoder; the VAE updates both at once. A
-phase function computes one micro-batch's loss through `backend.encode` / `decode` / `generate`
-(which apply the current level, device and precision; `backend.forward` for other networks) with
-the pure functions of train.objectives, and passes a value (the encoder's z) on to the next phase.
+phase function computes one micro-batch's loss through a `Nets` view of the backend (the image VAE's:
+`backend.encode` / `decode` / `generate`, which apply the current level, device and precision; the
+translation model's: its two encoders as one, through `backend.forward`) with the pure functions of
+train.objectives, and passes a value (the encoder's z) on to the next phase.
 `training_step` runs the phases, accumulating gradients over the micro-batches of one global batch
 before each update. Stats come back as detached tensors (no host sync here: the loop decides when
 to read them).
@@ -29,6 +30,7 @@ from sivae.train.objectives import (
     soft_intro_decoder_loss,
     soft_intro_encoder_loss,
     vae_loss,
+    weighted_kl_divergence,
 )
 from sivae.train.phases import Phase, Stats, objective_phases, register_objective, warmup_objective
 from sivae.train.schema import ObjectiveConfig
@@ -150,6 +152,29 @@ register_objective("intro", [Phase("encoder", ("encoder",), intro_encoder),
                               Phase("decoder", ("decoder",), intro_decoder)])  # fmt: skip
 # also the warm-up of the adversarial objectives
 register_objective("vae", [vae_phase(image_nets, ("encoder", "decoder"))])
+
+
+def translation_nets(backend: Backend) -> Nets:
+    """The translation model (models.translation) seen as one VAE: its encoder is the class and content
+    encoders side by side (z = [class code, content code]) and its KL weighs each code by its own weight."""
+
+    def encode(x: Tensor) -> tuple[Tensor, Tensor]:
+        (mu_class, logvar_class), (mu_content, logvar_content) = (
+            backend.forward("class_encoder", x), backend.forward("content_encoder", x))
+        return torch.cat([mu_class, mu_content], 1), torch.cat([logvar_class, logvar_content], 1)
+
+    def decode(z: Tensor) -> Tensor:
+        return backend.forward("decoder", z)
+
+    return Nets(encode, decode, decode, functools.partial(weighted_kl_divergence, weights=backend.model.kl_weights))
+
+
+TRANSLATION_ENCODERS = ("class_encoder", "content_encoder")
+# Soft-IntroVAE with the two encoders updated together as the discriminator; the VAE updates all three networks
+register_objective("translation-soft-intro", soft_intro_phases(translation_nets, TRANSLATION_ENCODERS, ("decoder",)),
+                   warmup="translation-vae")  # fmt: skip
+register_objective("translation-vae", [vae_phase(translation_nets, (*TRANSLATION_ENCODERS, "decoder"))],
+                   warmup="translation-vae")  # fmt: skip
 
 
 def training_step(

@@ -26,7 +26,6 @@ from sivae.core.run_dir import RunDir
 from sivae.core.schedule import Position, position, schedule_kimg
 from sivae.core.snapshot import write_snapshot
 from sivae.models import Model, build_model
-from sivae.train import translation  # noqa: F401 -- registers the translation model's objectives
 from sivae.train.accelerate_backend import AccelerateBackend
 from sivae.train.backend import Backend, LocalBackend
 from sivae.train.ema import ema_beta, update_ema
