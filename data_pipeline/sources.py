@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import io
 import os
 import pickle
@@ -88,14 +89,17 @@ def tar_key(name: str) -> str:
     return key
 
 
+# sources in modules of their own that build on this one: kind -> "module:function of the text after KIND:"
+SOURCE_MODULES = {"emoji-poses": "sivae.data_pipeline.poses:parse_poses_spec"}
+
+
 def parse_source(spec: str) -> Source:
     """`emoji`, `emoji:FONT`, `emoji-poses[:OPTIONS]`, `digits`, `folder:PATH`, `zip:PATH`, `cifar10:PATH` or
     `svhn:PATH`."""
     kind, _, arg = spec.partition(":")
-    if kind == "emoji-poses":
-        from sivae.data_pipeline.poses import parse_poses_spec  # it builds on this module's emoji source
-
-        return parse_poses_spec(arg)
+    if kind in SOURCE_MODULES:
+        module, name = SOURCE_MODULES[kind].split(":")
+        return getattr(importlib.import_module(module), name)(arg)
     if kind == "emoji":
         return EmojiSource(Path(arg) if arg else DEFAULT_EMOJI_FONT)
     if kind == "digits" and not arg:

@@ -18,6 +18,7 @@ SUBCOMMANDS = (
     "sivae.train.cli",
     "sivae.train.toy2d.cli",
     "sivae.eval.cli",
+    "sivae.eval.translate_cli",
     "sivae.launch.commands",
 )
 
