@@ -67,6 +67,8 @@ def main(args: argparse.Namespace) -> int:
     from sivae.models.translation import TranslationModel
 
     try:
+        if args.rows < 1:
+            raise ValueError(f"--rows must be >= 1, got {args.rows}")
         loaded = load_model(args.model, device=torch.device(args.device))
         if not isinstance(loaded.model, TranslationModel):
             raise ValueError(f"{args.model}: a {type(loaded.model).__name__}, not a translation model")

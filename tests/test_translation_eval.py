@@ -94,7 +94,8 @@ def snapshot(tmp_path_factory, digits16) -> Path:
     return root / "run" / "snapshots" / "snapshot-000000000064.pt"
 
 
-def test_translate_pairs_makes_the_grid_of_every_class_source_with_every_content_source(tmp_path, snapshot):
+def test_translate_pairs_makes_the_grid_of_every_class_source_with_every_content_source(tmp_path, snapshot,
+                                                                                        digits16, capsys):
     rng = np.random.default_rng(0)
     files = []
     for name in ("a", "b", "c"):
@@ -114,6 +115,9 @@ def test_translate_pairs_makes_the_grid_of_every_class_source_with_every_content
     inputs = [as_input(np.asarray(Image.open(p))[None], "cpu") for p in (c, b)]
     assert np.array_equal(cell(2, 1), to_uint8(model.translate(*inputs))[0].permute(1, 2, 0).numpy())
     assert sivae(["translate", str(snapshot), "--out", str(tmp_path / "bad"), "--pairs", a]) == 2
+    assert "expected CLASS_SOURCE,CONTENT_SOURCE" in capsys.readouterr().err
+    assert sivae(["translate", str(snapshot), "--out", str(tmp_path / "bad"), "--data", str(digits16)]) == 2
+    assert "carry no identity and pose" in capsys.readouterr().err
 
 
 def test_the_translation_metric_scores_held_out_identities_of_emoji_poses(tmp_path, snapshot):
