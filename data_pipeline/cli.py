@@ -9,6 +9,8 @@ from pathlib import Path
 
 SOURCES_HELP = (
     "emoji (the embedded default: Noto Color Emoji glyphs, 128px; emoji:FONT.ttf for another font), "
+    "emoji-poses[:poses=K,test=F,identities=N,position=1,seed=S,font=PATH] (every glyph under K shared "
+    "seeded poses, identity and pose in each sample's metadata, test split = held-out identities), "
     "digits (scikit-learn's 8x8 digits), folder:PATH, zip:PATH, cifar10:PATH (the python tarball or its "
     "folder), svhn:PATH (a folder with train_32x32.mat / test_32x32.mat, or one .mat)"
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import io
 import os
 import pickle
@@ -44,6 +45,7 @@ class SourceItem:
     ref: Any  # what the source's `load` turns into an image (picklable)
     split: str | None = None  # the source's own split; None: assigned by --test-fraction
     label: int | None = None
+    meta: dict[str, Any] | None = None  # stored as the sample's KEY.json member (for evaluation, never trained on)
 
 
 class Source(ABC):
@@ -87,9 +89,17 @@ def tar_key(name: str) -> str:
     return key
 
 
+# sources in modules of their own that build on this one: kind -> "module:function of the text after KIND:"
+SOURCE_MODULES = {"emoji-poses": "sivae.data_pipeline.poses:parse_poses_spec"}
+
+
 def parse_source(spec: str) -> Source:
-    """`emoji`, `emoji:FONT`, `digits`, `folder:PATH`, `zip:PATH`, `cifar10:PATH` or `svhn:PATH`."""
+    """`emoji`, `emoji:FONT`, `emoji-poses[:OPTIONS]`, `digits`, `folder:PATH`, `zip:PATH`, `cifar10:PATH` or
+    `svhn:PATH`."""
     kind, _, arg = spec.partition(":")
+    if kind in SOURCE_MODULES:
+        module, name = SOURCE_MODULES[kind].split(":")
+        return getattr(importlib.import_module(module), name)(arg)
     if kind == "emoji":
         return EmojiSource(Path(arg) if arg else DEFAULT_EMOJI_FONT)
     if kind == "digits" and not arg:
@@ -101,7 +111,7 @@ def parse_source(spec: str) -> Source:
             raise DataError(f"source {kind}: {path} does not exist")
         return makers[kind](path)
     raise DataError(
-        f"unknown source {spec!r}: use emoji, digits, folder:PATH, zip:PATH, cifar10:PATH or svhn:PATH"
+        f"unknown source {spec!r}: use emoji, emoji-poses, digits, folder:PATH, zip:PATH, cifar10:PATH or svhn:PATH"
     )
 
 

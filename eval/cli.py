@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-METRICS_HELP = "comma-separated: fid, kid, recon, ood (default: all)"
+METRICS_HELP = "comma-separated: fid, kid, recon, ood, translation (default: fid, kid, recon, ood)"
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -20,6 +20,7 @@ SUBCOMMANDS = (
     "sivae.train.toy2d.cli",
     "sivae.eval.cli",
     "sivae.tools.cli",
+    "sivae.eval.translate_cli",
     "sivae.launch.commands",
 )
 

@@ -36,6 +36,13 @@ def _standard(cfg: ModelConfig) -> VAE:
     return _image_vae(cfg, ResidualEncoder(cfg), ResidualDecoder(cfg))
 
 
+def _translation(cfg: ModelConfig) -> Model:
+    from sivae.models.translation import TranslationModel
+
+    return TranslationModel(cfg)
+
+
 register_architecture("style", _style)
 register_architecture("standard", _standard)
+register_architecture("translation", _translation)
 register_architecture("mlp", lambda cfg: mlp_vae(cfg.data_dim, cfg.latent_dim, cfg.hidden, cfg.hidden_layers))

@@ -40,6 +40,14 @@ class ModelConfig:
     # max_resolution must be 4 * 2^len(channels)
     channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 512, 512])
 
+    # translation (models.translation): a class and a content encoder of the standard nets (`channels`), each
+    # variational with its own code size and KL weight, one decoder on the concatenation; latent_dim must be
+    # class_latent_dim + content_latent_dim
+    class_latent_dim: int = 32
+    content_latent_dim: int = 8
+    class_kl_weight: float = 1.0
+    content_kl_weight: float = 1.0
+
     # mlp
     data_dim: int = 2
     hidden: int = 256
@@ -64,7 +72,15 @@ class ModelConfig:
             require(0.0 <= self.w_avg_beta <= 1.0, "w_avg_beta", "must be in [0, 1]")
             require(self.truncation_cutoff >= 0, "truncation_cutoff", "must be >= 0")
             require(self.fp16_clamp is None or self.fp16_clamp > 0, "fp16_clamp", "must be > 0 (or null)")
-        if self.arch == "standard":
+        if self.arch == "translation":
+            require(self.class_latent_dim > 0 and self.content_latent_dim > 0, "class_latent_dim",
+                    "class_latent_dim and content_latent_dim must be > 0")
+            require(self.class_kl_weight >= 0 and self.content_kl_weight >= 0, "class_kl_weight",
+                    "class_kl_weight and content_kl_weight must be >= 0")
+            require(self.latent_dim == self.class_latent_dim + self.content_latent_dim, "latent_dim",
+                    f"must be class_latent_dim + content_latent_dim = "
+                    f"{self.class_latent_dim + self.content_latent_dim} (the decoder's input), got {self.latent_dim}")
+        if self.arch in ("standard", "translation"):
             require(len(self.channels) >= 1 and all(c > 0 for c in self.channels), "channels", "must be positive")
             expected = 4 * 2 ** len(self.channels)
             require(

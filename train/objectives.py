@@ -148,3 +148,10 @@ def vae_loss(
     rec_mean, kl_mean = rec_real.float().mean(), kl_real.float().mean()
     loss = beta_rec * rec_mean + beta_kl * kl_mean
     return loss, {"rec": rec_mean, "kl_real": kl_mean, "loss_vae": loss}
+
+
+def weighted_kl_divergence(mu: Tensor, logvar: Tensor, weights: Tensor) -> Tensor:
+    """sum_d w_d KL(N(mu_d, exp(logvar_d)) || N(0, 1)) per sample -> [B]: the KL of a code made of parts
+    regularised with different weights (the translation model's class and content codes)."""
+    mu, logvar = mu.float().flatten(1), logvar.float().flatten(1)
+    return (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()) * weights.float()).sum(dim=1)

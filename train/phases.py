@@ -29,14 +29,21 @@ class Phase:
 
 
 OBJECTIVES: dict[str, tuple[Phase, ...]] = {}
+WARMUPS: dict[str, str] = {}  # objective -> the objective its warm-up (train.vae_warmup_kimg) runs
 
 
-def register_objective(name: str, phases: Sequence[Phase]) -> None:
-    """Make `objective.name: name` train with `phases`, in order (a later call replaces it)."""
+def register_objective(name: str, phases: Sequence[Phase], warmup: str = "vae") -> None:
+    """Make `objective.name: name` train with `phases`, in order, after a warm-up of the objective `warmup`
+    (a later call replaces it)."""
     names = [phase.name for phase in phases]
     if not phases or len(set(names)) != len(names):
         raise ValueError(f"objective {name!r} needs phases with distinct names, got {names}")
     OBJECTIVES[name] = tuple(phases)
+    WARMUPS[name] = warmup
+
+
+def warmup_objective(name: str) -> str:
+    return WARMUPS.get(name, "vae")
 
 
 def objective_phases(name: str) -> tuple[Phase, ...]:

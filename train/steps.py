@@ -3,9 +3,10 @@ built-in objectives.
 
 An objective is a sequence of phases (train.phases), each updating some of the model's networks:
 Soft-IntroVAE and IntroVAE update the encoder, then the decoder; the VAE updates both at once. A
-phase function computes one micro-batch's loss through `backend.encode` / `decode` / `generate`
-(which apply the current level, device and precision; `backend.forward` for other networks) with
-the pure functions of train.objectives, and passes a value (the encoder's z) on to the next phase.
+phase function computes one micro-batch's loss through a `Nets` view of the backend (the image VAE's:
+`backend.encode` / `decode` / `generate`, which apply the current level, device and precision; the
+translation model's: its two encoders as one, through `backend.forward`) with the pure functions of
+train.objectives, and passes a value (the encoder's z) on to the next phase.
 `training_step` runs the phases, accumulating gradients over the micro-batches of one global batch
 before each update. Stats come back as detached tensors (no host sync here: the loop decides when
 to read them).
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -28,8 +30,9 @@ from sivae.train.objectives import (
     soft_intro_decoder_loss,
     soft_intro_encoder_loss,
     vae_loss,
+    weighted_kl_divergence,
 )
-from sivae.train.phases import Phase, Stats, objective_phases, register_objective
+from sivae.train.phases import Phase, Stats, objective_phases, register_objective, warmup_objective
 from sivae.train.schema import ObjectiveConfig
 
 
@@ -38,41 +41,64 @@ def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
     return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
 
-def soft_intro_encoder(backend: Backend, x: Tensor, z_prior: Tensor, _, cfg: ObjectiveConfig, scale: float):
-    """Encoder phase: the decoder is frozen, but the exp terms reach the encoder through it."""
-    err = functools.partial(reconstruction_error, kind=cfg.reconstruction)
-    fake = backend.generate(z_prior)
-    mu, logvar = backend.encode(x)
-    z = reparameterize(mu, logvar)
-    rec = backend.decode(z)
-    mu_rec, logvar_rec = backend.encode(rec.detach())
-    rec_rec = backend.decode(reparameterize(mu_rec, logvar_rec))
-    mu_fake, logvar_fake = backend.encode(fake.detach())
-    rec_fake = backend.decode(reparameterize(mu_fake, logvar_fake))
-    loss, stats = soft_intro_encoder_loss(
-        err(x, rec), kl_divergence(mu, logvar),
-        err(rec, rec_rec), kl_divergence(mu_rec, logvar_rec),
-        err(fake, rec_fake), kl_divergence(mu_fake, logvar_fake),
-        scale=scale, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, beta_neg=cfg.beta_neg,
-    )
-    return loss, stats, z.detach()
+@dataclass(frozen=True)
+class Nets:
+    """How a phase reaches the model's networks through the backend: x -> posterior (mu, logvar), z -> x for
+    codes (`decode`) and prior samples (`generate`), and the per-sample KL of a posterior."""
+
+    encode: Callable[[Tensor], tuple[Tensor, Tensor]]
+    decode: Callable[[Tensor], Tensor]
+    generate: Callable[[Tensor], Tensor]
+    kl: Callable[[Tensor, Tensor], Tensor] = kl_divergence
 
 
-def soft_intro_decoder(backend: Backend, x: Tensor, z_prior: Tensor, z: Tensor, cfg: ObjectiveConfig, scale: float):
-    """Decoder phase: the encoder is frozen, but gradients flow through it into the decoder."""
-    err = functools.partial(reconstruction_error, kind=cfg.reconstruction)
-    fake = backend.generate(z_prior)
-    rec = backend.decode(z)
-    mu_rec, logvar_rec = backend.encode(rec)
-    mu_fake, logvar_fake = backend.encode(fake)
-    rec_rec = backend.decode(reparameterize(mu_rec, logvar_rec).detach())
-    rec_fake = backend.decode(reparameterize(mu_fake, logvar_fake).detach())
-    loss, stats = soft_intro_decoder_loss(
-        err(x, rec), kl_divergence(mu_rec, logvar_rec), kl_divergence(mu_fake, logvar_fake),
-        err(rec.detach(), rec_rec), err(fake.detach(), rec_fake),
-        scale=scale, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, gamma_r=cfg.gamma_r,
-    )
-    return loss, stats, None
+def image_nets(backend: Backend) -> Nets:
+    """The image VAE's encoder and decoder."""
+    return Nets(backend.encode, backend.decode, backend.generate)
+
+
+NetsOf = Callable[[Backend], Nets]
+
+
+def soft_intro_phases(nets_of: NetsOf, encoders: tuple[str, ...], decoders: tuple[str, ...]) -> list[Phase]:
+    """Soft-IntroVAE's encoder phase (updating `encoders`, the discriminator) and decoder phase (`decoders`)."""
+
+    def encoder_phase(backend: Backend, x: Tensor, z_prior: Tensor, _, cfg: ObjectiveConfig, scale: float):
+        """The decoder is frozen, but the exp terms reach the encoder through it."""
+        nets, err = nets_of(backend), functools.partial(reconstruction_error, kind=cfg.reconstruction)
+        fake = nets.generate(z_prior)
+        mu, logvar = nets.encode(x)
+        z = reparameterize(mu, logvar)
+        rec = nets.decode(z)
+        mu_rec, logvar_rec = nets.encode(rec.detach())
+        rec_rec = nets.decode(reparameterize(mu_rec, logvar_rec))
+        mu_fake, logvar_fake = nets.encode(fake.detach())
+        rec_fake = nets.decode(reparameterize(mu_fake, logvar_fake))
+        loss, stats = soft_intro_encoder_loss(
+            err(x, rec), nets.kl(mu, logvar),
+            err(rec, rec_rec), nets.kl(mu_rec, logvar_rec),
+            err(fake, rec_fake), nets.kl(mu_fake, logvar_fake),
+            scale=scale, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, beta_neg=cfg.beta_neg,
+        )
+        return loss, stats, z.detach()
+
+    def decoder_phase(backend: Backend, x: Tensor, z_prior: Tensor, z: Tensor, cfg: ObjectiveConfig, scale: float):
+        """The encoder is frozen, but gradients flow through it into the decoder."""
+        nets, err = nets_of(backend), functools.partial(reconstruction_error, kind=cfg.reconstruction)
+        fake = nets.generate(z_prior)
+        rec = nets.decode(z)
+        mu_rec, logvar_rec = nets.encode(rec)
+        mu_fake, logvar_fake = nets.encode(fake)
+        rec_rec = nets.decode(reparameterize(mu_rec, logvar_rec).detach())
+        rec_fake = nets.decode(reparameterize(mu_fake, logvar_fake).detach())
+        loss, stats = soft_intro_decoder_loss(
+            err(x, rec), nets.kl(mu_rec, logvar_rec), nets.kl(mu_fake, logvar_fake),
+            err(rec.detach(), rec_rec), err(fake.detach(), rec_fake),
+            scale=scale, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, gamma_r=cfg.gamma_r,
+        )
+        return loss, stats, None
+
+    return [Phase("encoder", encoders, encoder_phase), Phase("decoder", decoders, decoder_phase)]
 
 
 def intro_encoder(backend: Backend, x: Tensor, z_prior: Tensor, _, cfg: ObjectiveConfig, scale: float):
@@ -105,23 +131,50 @@ def intro_decoder(backend: Backend, x: Tensor, z_prior: Tensor, z: Tensor, cfg: 
     return loss, stats, None
 
 
-def vae_both(backend: Backend, x: Tensor, z_prior: Tensor, _, cfg: ObjectiveConfig, scale: float):
-    """The plain VAE (and the warm-up of the adversarial objectives): one ELBO, both networks."""
-    mu, logvar = backend.encode(x)
-    rec = backend.decode(reparameterize(mu, logvar))
-    loss, stats = vae_loss(
-        reconstruction_error(x, rec, cfg.reconstruction), kl_divergence(mu, logvar),
-        beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl,
-    )
-    return loss, stats, None
+def vae_phase(nets_of: NetsOf, networks: tuple[str, ...]) -> Phase:
+    """The plain VAE (and the warm-up of the adversarial objectives): one ELBO, every network at once."""
+
+    def run(backend: Backend, x: Tensor, z_prior: Tensor, _, cfg: ObjectiveConfig, scale: float):
+        nets = nets_of(backend)
+        mu, logvar = nets.encode(x)
+        rec = nets.decode(reparameterize(mu, logvar))
+        loss, stats = vae_loss(
+            reconstruction_error(x, rec, cfg.reconstruction), nets.kl(mu, logvar),
+            beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl,
+        )
+        return loss, stats, None
+
+    return Phase("vae", networks, run)
 
 
-register_objective("soft-intro", [Phase("encoder", ("encoder",), soft_intro_encoder),
-                                   Phase("decoder", ("decoder",), soft_intro_decoder)])  # fmt: skip
+register_objective("soft-intro", soft_intro_phases(image_nets, ("encoder",), ("decoder",)))
 register_objective("intro", [Phase("encoder", ("encoder",), intro_encoder),
                               Phase("decoder", ("decoder",), intro_decoder)])  # fmt: skip
 # also the warm-up of the adversarial objectives
-register_objective("vae", [Phase("vae", ("encoder", "decoder"), vae_both)])
+register_objective("vae", [vae_phase(image_nets, ("encoder", "decoder"))])
+
+
+def translation_nets(backend: Backend) -> Nets:
+    """The translation model (models.translation) seen as one VAE: its encoder is the class and content
+    encoders side by side (z = [class code, content code]) and its KL weighs each code by its own weight."""
+
+    def encode(x: Tensor) -> tuple[Tensor, Tensor]:
+        (mu_class, logvar_class), (mu_content, logvar_content) = (
+            backend.forward("class_encoder", x), backend.forward("content_encoder", x))
+        return torch.cat([mu_class, mu_content], 1), torch.cat([logvar_class, logvar_content], 1)
+
+    def decode(z: Tensor) -> Tensor:
+        return backend.forward("decoder", z)
+
+    return Nets(encode, decode, decode, functools.partial(weighted_kl_divergence, weights=backend.model.kl_weights))
+
+
+TRANSLATION_ENCODERS = ("class_encoder", "content_encoder")
+# Soft-IntroVAE with the two encoders updated together as the discriminator; the VAE updates all three networks
+register_objective("translation-soft-intro", soft_intro_phases(translation_nets, TRANSLATION_ENCODERS, ("decoder",)),
+                   warmup="translation-vae")  # fmt: skip
+register_objective("translation-vae", [vae_phase(translation_nets, (*TRANSLATION_ENCODERS, "decoder"))],
+                   warmup="translation-vae")  # fmt: skip
 
 
 def training_step(
@@ -139,7 +192,7 @@ def training_step(
     z_priors = torch.randn(sum(sizes), backend.latent_dim, device=micro_batches[0].device).split(sizes)
     carried: list[Tensor | None] = [None] * n
     totals: Stats = {}
-    for phase in objective_phases("vae" if warmup else cfg.name):
+    for phase in objective_phases(warmup_objective(cfg.name) if warmup else cfg.name):
         with backend.train_only(phase):
             for i, x in enumerate(micro_batches):
                 with backend.accumulating(last=i == n - 1):
