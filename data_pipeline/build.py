@@ -425,6 +425,7 @@ def _manifest(source: Source, options: BuildOptions, top: int, resolutions: list
         labels=labels,
         digest=shards_digest(table),
         shard_table=table,
-        build={**asdict(options), "max_resolution": None if points else top, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        build={**asdict(options), "max_resolution": None if points else top,
+               "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         skipped_sources=skipped,
     )
