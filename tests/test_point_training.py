@@ -1,16 +1,22 @@
 """The pointcloud family through the trainer: Soft-IntroVAE (after a VAE warm-up) trains, checkpoints and
 resumes bit-identically, writes rendered sample grids, and its snapshot is scored by the point metrics."""
 
+import itertools
 from pathlib import Path
 
 import pytest
 import yaml
 from test_trainer import assert_identical, final_state
 
+from sivae.core.config import load_config
 from sivae.data_pipeline.build import BuildOptions, build_dataset
 from sivae.data_pipeline.sources import parse_source
 from sivae.eval.runner import evaluate
 from sivae.launch.cli import main as sivae
+from sivae.models import build_model
+from sivae.train.schema import RunConfig
+
+CONFIG = Path(__file__).parents[1] / "configs" / "shapes3d.yaml"
 
 TINY = {
     "model": {"arch": "pointcloud", "latent_dim": 8, "points": 32, "point_encoder_channels": [8, 16],
@@ -64,3 +70,19 @@ def test_pointcloud_model_trains_checkpoints_and_resumes_bit_identically(tmp_pat
     assert (tmp_path / "eval" / "samples.png").is_file() and (tmp_path / "eval" / "reconstructions.png").is_file()
     with pytest.raises(ValueError, match="applies to points data"):
         evaluate(snapshot, ["fid"], None)
+
+
+def test_shapes3d_config_is_the_reference_setting():
+    cfg = load_config(RunConfig, CONFIG)
+    o, level = cfg.objective, cfg.train.schedule[0]
+    assert (o.name, o.reconstruction, o.beta_rec, o.beta_kl, o.beta_neg) == ("soft-intro", "chamfer", 20, 1, 256)
+    assert (cfg.model.latent_dim, cfg.model.points, cfg.model.prior_std) == (128, 2048, 0.2)
+    assert (level.batch, level.lr, cfg.train.optimizer.betas) == (32, 5e-4, (0.9, 0.999))
+    model = build_model(cfg.model)
+    count = {name: sum(p.numel() for p in model.network(name).parameters()) for name in model.networks}
+    # by hand: convs 3-64-128-256-256-512 without bias, batch norm (2 per channel), 512-256, two 256-128 heads
+    convs = 3 * 64 + 64 * 128 + 128 * 256 + 256 * 256 + 256 * 512
+    assert count["encoder"] == convs + 2 * (64 + 128 + 256 + 256 + 512) + (512 * 256 + 256) + 2 * (256 * 128 + 128)
+    widths = [128, 64, 128, 512, 1024, 2048 * 3]
+    assert count["decoder"] == sum(a * b + b for a, b in itertools.pairwise(widths))
+    assert 1 / model.input_dim() == 1 / (3 * 2048)  # the loss scale s of the reference
