@@ -301,14 +301,20 @@ def point_generation(ctx: EvalContext) -> dict[str, Any]:
 def point_reconstruction(ctx: EvalContext) -> dict[str, Any]:
     opts, device = ctx.options, ctx.env.device
     distances, shown, unreadable = [np.zeros(0)], [], 0
+    wanted = opts.grid_images // 2
+    # shown: shapes evenly spaced over the split (its shards hold a class after another)
+    count = ctx.split_count(ctx.manifest(ctx.data_dir, opts.test_split), opts.test_split, opts.test_count)
+    stride, position = max(1, count // max(1, wanted)), 0
     for data in ctx.data_parts(ctx.data_dir, opts.test_split, opts.test_count, desc="reconstructions"):
         x = data.images.to(device)
         mu, _ = ctx.encode(x)
         reconstructions = ctx.model.decode(mu, ctx.loaded.lod, ctx.loaded.blend)
         distances.append(chamfer_distance(x, reconstructions).double().cpu().numpy())
         unreadable += data.unreadable
-        if len(shown) < opts.grid_images // 2:
-            shown += list(zip(x.cpu(), reconstructions.cpu()))[: opts.grid_images // 2 - len(shown)]
+        for pair in zip(x.cpu(), reconstructions.cpu()):
+            if position % stride == 0 and len(shown) < wanted:
+                shown.append(pair)
+            position += 1
     values = gather_rows(np.concatenate(distances), ctx.env)
     unreadable = sum(gather_lists([unreadable], ctx.env.world_size))
     if not ctx.env.is_main:

@@ -74,9 +74,20 @@ class PointModality:
         logger.write_point_clouds("samples_3d", samples[:TENSORBOARD_CLOUDS], images)
         split, tag = ("test", "reconstructions") if self.manifest.split_sizes.get("test") else \
             ("train", "reconstructions_of_train_shapes")
-        shown = next(iter(eval_batches(self.data.path, split, self.points, RECONSTRUCTIONS)), None)
-        if shown is not None and bool(shown.valid.any()):
-            x = shown.images[shown.valid].to(self.device)
+        x = self.spread_shapes(split).to(self.device)
+        if len(x):
             mu, _ = model.encode(x)
             pairs = torch.cat([x, model.decode(mu)])
             logger.write_image(tag, point_cloud_grid(pairs, columns=len(x)), images)
+
+    def spread_shapes(self, split: str) -> Tensor:
+        """RECONSTRUCTIONS readable shapes evenly spaced over the split (its shards hold a class after
+        another: the first few would all be one class)."""
+        stride = max(1, self.manifest.split_sizes[split] // RECONSTRUCTIONS)
+        shown, position = [], 0
+        for batch in eval_batches(self.data.path, split, self.points, 64):
+            for cloud, valid in zip(batch.images, batch.valid.tolist()):
+                if valid and position % stride == 0 and len(shown) < RECONSTRUCTIONS:
+                    shown.append(cloud)
+                position += 1
+        return torch.stack(shown) if shown else torch.zeros(0, self.points, 3)
