@@ -16,22 +16,36 @@ from torch import Tensor
 from sivae.core.images import grid
 
 # pairwise distance entries held at once by `pairwise_chamfer` (float32: 4 bytes each)
-_PAIR_BLOCK_ENTRIES = 1 << 26
+_PAIR_BLOCK_ENTRIES = 1 << 24
+
+
+def _lifted(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """x [..., N, 3] and y [..., M, 3] as [..., N, 5] and [..., 5, M] whose product is the matrix of
+    squared distances ||x||^2 + ||y||^2 - 2 x.y: one matrix product, no [N, M] temporaries (fp32)."""
+    x, y = x.float(), y.float()
+    xx, yy = x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1, keepdim=True)
+    left = torch.cat([x, xx, torch.ones_like(xx)], dim=-1)
+    right = torch.cat([-2.0 * y, torch.ones_like(yy), yy], dim=-1).transpose(-1, -2)
+    return left, right
 
 
 def squared_distances(x: Tensor, y: Tensor) -> Tensor:
-    """||x_i - y_j||^2 for [..., N, 3] and [..., M, 3] -> [..., N, M], in fp32, never below 0."""
-    x, y = x.float(), y.float()
-    cross = x @ y.transpose(-1, -2)
-    return (x.pow(2).sum(-1, keepdim=True) + y.pow(2).sum(-1).unsqueeze(-2) - 2.0 * cross).clamp_min_(0.0)
+    """||x_i - y_j||^2 for [..., N, 3] and [..., M, 3] -> [..., N, M], in fp32 (rounding may leave values
+    a little below 0 where points coincide; the Chamfer functions clamp after the minimum)."""
+    left, right = _lifted(x, y)
+    return left @ right
+
+
+def _nearest(d: Tensor) -> tuple[Tensor, Tensor]:
+    """The squared distance of each x to its nearest y, and of each y to its nearest x."""
+    return d.amin(dim=-1).clamp_min(0.0), d.amin(dim=-2).clamp_min(0.0)
 
 
 def chamfer_distance(x: Tensor, y: Tensor, reduce: Literal["sum", "mean"] = "mean") -> Tensor:
     """Chamfer distance per pair of clouds [B, N, 3], [B, M, 3] -> [B]: the squared distance of every point
     to its nearest neighbour in the other cloud, summed (the reference's training loss) or averaged
     (the point-cloud literature's CD, used by the metrics) over each cloud, both directions added."""
-    d = squared_distances(x, y)
-    x_to_y, y_to_x = d.min(dim=-1).values, d.min(dim=-2).values
+    x_to_y, y_to_x = _nearest(squared_distances(x, y))
     if reduce == "sum":
         return x_to_y.sum(-1) + y_to_x.sum(-1)
     if reduce == "mean":
@@ -42,18 +56,22 @@ def chamfer_distance(x: Tensor, y: Tensor, reduce: Literal["sum", "mean"] = "mea
 @torch.no_grad()
 def pairwise_chamfer(a: Tensor, b: Tensor) -> Tensor:
     """The mean-reduced Chamfer distance of every cloud of `a` [n, N, 3] to every cloud of `b` [m, M, 3]
-    -> [n, m], computed in blocks of pairs on the tensors' device (fp32)."""
-    n, m = len(a), len(b)
+    -> [n, m], computed in blocks of pairs on the tensors' device (fp32), one distance buffer reused."""
+    n, m, points_a, points_b = len(a), len(b), a.shape[1], b.shape[1]
     out = torch.empty(n, m, dtype=torch.float32, device=a.device)
-    pairs = max(1, _PAIR_BLOCK_ENTRIES // (a.shape[1] * b.shape[1]))
+    left, right = _lifted(a, b)
+    pairs = max(1, _PAIR_BLOCK_ENTRIES // (points_a * points_b))
     cols = min(m, pairs)
     rows = max(1, pairs // cols)
+    buffer = torch.empty(rows * cols, points_a, points_b, dtype=torch.float32, device=a.device)
     for i in range(0, n, rows):
-        left = a[i : i + rows].unsqueeze(1)  # [r, 1, N, 3]
+        block_a = left[i : i + rows]
         for j in range(0, m, cols):
-            right = b[j : j + cols].unsqueeze(0)  # [1, c, M, 3]
-            d = squared_distances(left, right)  # [r, c, N, M]
-            out[i : i + rows, j : j + cols] = d.min(-1).values.mean(-1) + d.min(-2).values.mean(-1)
+            block_b = right[j : j + cols]
+            r, c = len(block_a), len(block_b)
+            d = torch.bmm(block_a.repeat_interleave(c, dim=0), block_b.repeat(r, 1, 1), out=buffer[: r * c])
+            x_to_y, y_to_x = _nearest(d)
+            out[i : i + r, j : j + c] = (x_to_y.mean(-1) + y_to_x.mean(-1)).view(r, c)
     return out
 
 
