@@ -40,8 +40,7 @@ def main() -> None:
         raise SystemExit(f"{len(train)} training shapes: the JSD trials need 9 x {r}")
     jsd = [voxel_jsd(train[k * 3 * r:(k + 1) * 3 * r], reference) for k in range(3)]
     samples, ref = torch.from_numpy(train[:r]), torch.from_numpy(reference)
-    sets = distance_set_metrics(pairwise_chamfer(samples, ref), pairwise_chamfer(samples, samples),
-                                pairwise_chamfer(ref, ref))
+    sets = distance_set_metrics(pairwise_chamfer(samples, ref), pairwise_chamfer(samples), pairwise_chamfer(ref))
     print(f"{args.data}: {r} test shapes of {points} points; training shapes as samples")
     print(f"jsd {np.mean(jsd):.4f} (std {np.std(jsd):.4f})  mmd_cd {sets['mmd']:.5f}  cov_cd {sets['cov']:.3f}  "
           f"1nna_cd {sets['1nna']:.3f}")

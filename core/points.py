@@ -54,9 +54,13 @@ def chamfer_distance(x: Tensor, y: Tensor, reduce: Literal["sum", "mean"] = "mea
 
 
 @torch.no_grad()
-def pairwise_chamfer(a: Tensor, b: Tensor) -> Tensor:
+def pairwise_chamfer(a: Tensor, b: Tensor | None = None) -> Tensor:
     """The mean-reduced Chamfer distance of every cloud of `a` [n, N, 3] to every cloud of `b` [m, M, 3]
-    -> [n, m], computed in blocks of pairs on the tensors' device (fp32), one distance buffer reused."""
+    -> [n, m], computed in blocks of pairs on the tensors' device (fp32), one distance buffer reused.
+    Without `b`: `a` against itself, the blocks above the diagonal only, mirrored (the distance is
+    symmetric), at about half the cost."""
+    symmetric = b is None
+    b = a if b is None else b
     n, m, points_a, points_b = len(a), len(b), a.shape[1], b.shape[1]
     out = torch.empty(n, m, dtype=torch.float32, device=a.device)
     left, right = _lifted(a, b)
@@ -67,12 +71,14 @@ def pairwise_chamfer(a: Tensor, b: Tensor) -> Tensor:
     for i in range(0, n, rows):
         block_a = left[i : i + rows]
         for j in range(0, m, cols):
+            if symmetric and j + cols <= i:  # wholly below the diagonal
+                continue
             block_b = right[j : j + cols]
             r, c = len(block_a), len(block_b)
             d = torch.bmm(block_a.repeat_interleave(c, dim=0), block_b.repeat(r, 1, 1), out=buffer[: r * c])
             x_to_y, y_to_x = _nearest(d)
             out[i : i + r, j : j + c] = (x_to_y.mean(-1) + y_to_x.mean(-1)).view(r, c)
-    return out
+    return torch.triu(out) + torch.triu(out, 1).T if symmetric else out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -288,8 +288,7 @@ def point_generation(ctx: EvalContext) -> dict[str, Any]:
     jsd = [voxel_jsd(generated, reference) for generated in trials]
     device = ctx.env.device
     samples, ref = torch.from_numpy(trials[0][:count]).to(device), torch.from_numpy(reference).to(device)
-    sets = distance_set_metrics(pairwise_chamfer(samples, ref), pairwise_chamfer(samples, samples),
-                                pairwise_chamfer(ref, ref))
+    sets = distance_set_metrics(pairwise_chamfer(samples, ref), pairwise_chamfer(samples), pairwise_chamfer(ref))
     return {"jsd": float(np.mean(jsd)), "jsd_std": float(np.std(jsd)), "mmd_cd": sets["mmd"],
             "cov_cd": sets["cov"], "1nna_cd": sets["1nna"], "points_reference_count": count,
             "points_reference_unreadable": unreadable, "points_jsd_samples": JSD_SAMPLES_PER_REFERENCE * count,

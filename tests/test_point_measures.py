@@ -51,6 +51,9 @@ def test_pairwise_chamfer_is_every_pair_and_blocks_do_not_matter(monkeypatch):
     np.testing.assert_allclose(pairwise_chamfer(a, b).numpy(), expected, rtol=1e-5)
     monkeypatch.setattr("sivae.core.points._PAIR_BLOCK_ENTRIES", 9 * 7 * 2 + 1)  # two pairs per block
     np.testing.assert_allclose(pairwise_chamfer(a, b).numpy(), expected, rtol=1e-5)
+    itself = np.array([[brute_chamfer(p.double().numpy(), q.double().numpy())[1] for q in a] for p in a])
+    monkeypatch.setattr("sivae.core.points._PAIR_BLOCK_ENTRIES", 9 * 9 * 2)  # upper blocks of two, mirrored
+    np.testing.assert_allclose(pairwise_chamfer(a).numpy(), itself, rtol=1e-5, atol=1e-7)
 
 
 def test_nearest_cells_match_a_brute_force_search_of_the_sphere_grid():
@@ -83,7 +86,7 @@ def two_classes(rng, n: int, points: int = 64) -> tuple[torch.Tensor, torch.Tens
 
 
 def set_metrics(s: torch.Tensor, r: torch.Tensor) -> dict[str, float]:
-    return distance_set_metrics(pairwise_chamfer(s, r), pairwise_chamfer(s, s), pairwise_chamfer(r, r))
+    return distance_set_metrics(pairwise_chamfer(s, r), pairwise_chamfer(s), pairwise_chamfer(r))
 
 
 def test_one_nna_is_near_half_for_one_distribution_and_near_one_for_two_classes():
