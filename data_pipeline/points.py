@@ -167,7 +167,6 @@ class PointsFolderSource(PointSource):
     [N, 3]); the class of a file is the name of its top-level folder (files directly in DIR: no class)."""
 
     path: Path
-    kind: ClassVar[str] = "points"
     native_size: int | None = None
 
     @property

@@ -18,10 +18,10 @@ def _moved(mesh, x: float, y: float, z: float):
     return mesh
 
 
-def _box(rng_size: tuple[float, float, float], at: tuple[float, float, float]):
+def _box(extents: tuple[float, float, float], at: tuple[float, float, float]):
     import trimesh
 
-    return _moved(trimesh.creation.box(extents=rng_size), *at)
+    return _moved(trimesh.creation.box(extents=extents), *at)
 
 
 def _upright_cylinder(radius: float, height: float, at: tuple[float, float, float], sections: int = 24):
@@ -89,14 +89,14 @@ def _airplane(rng: np.random.Generator) -> list:
 
 
 def _car(rng: np.random.Generator) -> list:
+    import trimesh
+
     length, width = rng.uniform(2.2, 3.0), rng.uniform(1.0, 1.3)
     body_h, cabin_h = rng.uniform(0.35, 0.5), rng.uniform(0.3, 0.45)
     wheel_r = rng.uniform(0.2, 0.28)
     cabin_l = length * rng.uniform(0.4, 0.6)
     parts = [_box((length, body_h, width), (0, wheel_r + body_h / 2, 0)),
              _box((cabin_l, cabin_h, width * 0.9), (rng.uniform(-0.3, 0.1), wheel_r + body_h + cabin_h / 2, 0))]
-    import trimesh
-
     for sx in (-1, 1):
         for sz in (-1, 1):
             wheel = trimesh.creation.cylinder(radius=wheel_r, height=0.15, sections=20)  # axis z: across the car
