@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from sivae.core.config import ConfigError
 
@@ -18,6 +19,7 @@ SUBCOMMANDS = (
     "sivae.train.cli",
     "sivae.train.toy2d.cli",
     "sivae.eval.cli",
+    "sivae.tools.cli",
     "sivae.launch.commands",
 )
 
@@ -37,11 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may follow options (`train CONFIG --run-dir D a.b=1`), which argparse's
     # positional matching does not allow: collect the leftovers that look like overrides.
+    # So may image files (`reconstruct MODEL --out D a.png b.png`): leftovers go to the command's list of them.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+        if hasattr(args, "images") and not any(e.startswith("-") for e in extra):
+            args.images = [*args.images, *map(Path, extra)]
+        elif not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = [*args.overrides, *extra]
+        else:
+            args.overrides = [*args.overrides, *extra]
     try:
         return int(args.handler(args) or 0)
     except ConfigError as exc:

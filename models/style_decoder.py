@@ -39,24 +39,24 @@ class StyleModulation(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, latent_dim: int, *, first: bool, fused: bool,
+    def __init__(self, in_channels: int, out_channels: int, latent_dim: int, *, level: int, fused: bool,
                  fp16_clamp: float | None):
         super().__init__()
-        self.first = first
+        self.first = level == 0
         self.fused = fused
-        if not first:
+        if not self.first:
             self.conv1 = EqualizedConv2d(in_channels, out_channels, 3, bias=False, resample="up" if fused else None)
             self.blur = Blur(out_channels)
-        self.noise1 = NoiseInjection(out_channels)
+        self.noise1 = NoiseInjection(out_channels, const_seed=2 * level)
         self.bias1 = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
         self.style1 = StyleModulation(latent_dim, out_channels)
         self.conv2 = EqualizedConv2d(out_channels, out_channels, 3, bias=False)
-        self.noise2 = NoiseInjection(out_channels)
+        self.noise2 = NoiseInjection(out_channels, const_seed=2 * level + 1)
         self.bias2 = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
         self.style2 = StyleModulation(latent_dim, out_channels)
         self.fp16_clamp = fp16_clamp
 
-    def forward(self, x: Tensor, w1: Tensor, w2: Tensor, noise: bool) -> Tensor:
+    def forward(self, x: Tensor, w1: Tensor, w2: Tensor, noise: bool | str) -> Tensor:
         if not self.first:
             if not self.fused:
                 x = upsample(x)
@@ -76,7 +76,8 @@ class StyleDecoder(nn.Module):
       their mean and, with probability `style_mixing_prob` per sample, style mixing applies.
     - truncation_psi: pull the first `truncation_cutoff` style slots toward the average w by
       w_avg + psi * (w - w_avg) (psi = 1: none; eval's truncated samples use e.g. 0.7).
-    - noise=False drops the per-pixel noise (a deterministic decoder, e.g. for comparisons).
+    - noise=False drops the per-pixel noise, noise="const" uses each layer's fixed map (either way a
+      deterministic decoder: an image depends on its z alone).
     """
 
     supports_truncation = True
@@ -98,7 +99,7 @@ class StyleDecoder(nn.Module):
                 cfg.channels_at(max(lod - 1, 0)),
                 cfg.channels_at(lod),
                 cfg.latent_dim,
-                first=lod == 0,
+                level=lod,
                 fused=resolution_of(lod) >= cfg.fused_resample_from,
                 fp16_clamp=cfg.fp16_clamp if resolution_of(lod) >= cfg.fp16_clamp_from else None,
             )
@@ -124,25 +125,37 @@ class StyleDecoder(nn.Module):
             mixed = torch.rand(batch, 1, 1, device=z.device) < self.style_mixing_prob
             slot = torch.arange(slots, device=z.device).view(1, slots, 1)
             styles = torch.where(mixed & (slot >= cutoff), w2.unsqueeze(1), styles)
-        if truncation_psi is not None:
-            psi = torch.full((1, slots, 1), float(truncation_psi), device=z.device)
-            psi[:, self.truncation_cutoff:] = 1.0
-            styles = torch.lerp(self.w_avg.to(styles.dtype), styles, psi.to(styles.dtype))
-        return styles
+        return styles if truncation_psi is None else self.truncate(styles, truncation_psi)
+
+    def truncate(self, styles: Tensor, psi: float, cutoff: int | None = None) -> Tensor:
+        """Per-slot w (B, slots, latent) pulled toward the average w on the first `cutoff` slots
+        (None: the config's `truncation_cutoff`)."""
+        weight = torch.full((1, styles.shape[1], 1), float(psi), device=styles.device)
+        weight[:, self.truncation_cutoff if cutoff is None else cutoff:] = 1.0
+        return torch.lerp(self.w_avg.to(styles.dtype), styles, weight.to(styles.dtype))
 
     def parameters_unused_at(self, lod: int | None, blend: float) -> set[str]:
         """The parameters a forward pass at (lod, blend) gives no gradient (for data parallelism)."""
         return parameters_unused_at(self, self.max_lod if lod is None else lod, blend, blocks="blocks", rgb="to_rgb")
 
     def forward(self, z: Tensor, lod: int | None = None, blend: float = 1.0, mixing: bool = False, *,
-                truncation_psi: float | None = None, noise: bool = True) -> Tensor:
+                truncation_psi: float | None = None, noise: bool | str = True) -> Tensor:
+        lod = self.max_lod if lod is None else lod
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must have shape (batch, {self.latent_dim}), got {tuple(z.shape)}")
+        return self.synthesize(self.styles(z, lod, mixing, truncation_psi), lod, blend, noise=noise)
+
+    def synthesize(self, styles: Tensor, lod: int | None = None, blend: float = 1.0, *,
+                   noise: bool | str = True) -> Tensor:
+        """The image of per-slot w `styles` (B, >= 2 * (lod + 1), latent): the decoder after its mapping
+        network, for the tools that edit w directly (style mixing grids, inversion in w)."""
         lod = self.max_lod if lod is None else lod
         if not 0 <= lod <= self.max_lod:
             raise ValueError(f"level {lod} is outside 0..{self.max_lod}")
-        if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"z must have shape (batch, {self.latent_dim}), got {tuple(z.shape)}")
-        styles = self.styles(z, lod, mixing, truncation_psi)
-        x = self.const.expand(z.shape[0], -1, -1, -1)
+        if styles.dim() != 3 or styles.shape[1] < 2 * (lod + 1) or styles.shape[2] != self.latent_dim:
+            raise ValueError(f"styles must have shape (batch, >= {2 * (lod + 1)}, {self.latent_dim}), "
+                             f"got {tuple(styles.shape)}")
+        x = self.const.expand(styles.shape[0], -1, -1, -1)
         for level in range(lod):
             x = self.blocks[level](x, styles[:, 2 * level], styles[:, 2 * level + 1], noise)
         image = self.to_rgb[lod](self.blocks[lod](x, styles[:, 2 * lod], styles[:, 2 * lod + 1], noise))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -54,17 +56,32 @@ class ToRGB(nn.Module):
 
 class NoiseInjection(nn.Module):
     """Adds per-pixel Gaussian noise (one map per sample, shared by the channels) times a learned
-    per-channel weight that starts at zero."""
+    per-channel weight that starts at zero.
 
-    def __init__(self, channels: int):
+    `noise`: True draws fresh noise, False adds none, "const" adds this layer's fixed map (seeded by
+    `const_seed` and the size), the same for every sample, so that an image depends on its latent
+    alone, whatever else is in its batch (the generation tools' mode)."""
+
+    def __init__(self, channels: int, const_seed: int = 0):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.const_seed = const_seed
 
-    def forward(self, x: Tensor, enabled: bool) -> Tensor:
-        if not enabled:
+    def forward(self, x: Tensor, noise: bool | str) -> Tensor:
+        if not noise:
             return x
-        noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
-        return x + self.weight * noise
+        if noise == "const":
+            fixed = constant_noise(x.shape[2], x.shape[3], self.const_seed)
+            return x + self.weight * fixed.to(x.device, x.dtype)
+        drawn = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
+        return x + self.weight * drawn
+
+
+@functools.lru_cache(maxsize=64)
+def constant_noise(height: int, width: int, seed: int) -> Tensor:
+    """A fixed standard normal map [1, 1, height, width] (CPU, float32) for a layer's "const" noise."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + height * 1009 + width)
+    return torch.randn(1, 1, height, width, generator=generator)
 
 
 def channel_statistics(x: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 """benchmarks/model_step.py runs end to end (no timings are checked: speed figures live in RESULTS.md)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -35,3 +36,16 @@ def test_hot_path_benchmark_imports_each_tree_it_is_given():
     assert f"before: {ROOT} (fused Adam True), after: {ROOT}" in proc.stdout
     rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| 8px")]
     assert len(rows) == 1 and rows[0][3].strip() == "fp32" and float(rows[0][6]) > 0
+
+
+def test_vs_reference_says_how_to_get_the_official_code_and_its_sivae_side_runs(tmp_path):
+    script = str(ROOT / "benchmarks" / "vs_reference.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for extra in ([], ["--reference", str(tmp_path)]):
+        proc = subprocess.run([sys.executable, script, *extra], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 2 and "git clone https://github.com/taldatech/soft-intro-vae-pytorch" in proc.stderr
+    # the timed child of our side: one FFHQ-256 iteration at 4px (the official side needs the checkout)
+    proc = subprocess.run([sys.executable, script, "--child", "sivae", "--level", "4", "--batch", "2", "--threads",
+                           "1", "--warmup", "0", "--iters", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["seconds"] > 0

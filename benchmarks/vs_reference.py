@@ -1,0 +1,276 @@
+"""sivae against the official Soft-IntroVAE code at equal work, side by side on this machine.
+
+Style model (FFHQ-256): the official `style_soft_intro_vae` model and its two LREQAdam optimizers, built as
+its training script builds them for its configs/ffhq256.yaml (yacs config merged over its defaults), and
+the per-iteration calls of that script's loop at blend 1 (encoder step, decoder step, the loss-tracker
+reads, the EMA `lerp`), against one iteration of `sivae train` on configs/ffhq256.yaml: `training_step`
+through the single-process backend with the run config's Adam, and the EMA update. Random images in
+[-1, 1] (the speed does not depend on them). Every measurement is a fresh process (`--child`): a warm-up
+of --warmup iterations, then the mean of --iters timed ones; sides alternate, level by level, over
+--rounds rounds, and the medians' ratio (official s/iteration over ours: > 1 means sivae is faster) is
+printed. The official code has no mixed precision: it always runs fp32; sivae runs each --precision.
+
+2D toy: the official `soft_intro_vae_2d/main.py` on a preset against `sivae toy2d` on the same one,
+without the VAE warm-up, at --toy-short and --toy-long iterations; iterations per second are
+(long - short) / (wall time long - wall time short), so start-up, plots and final metrics cancel.
+
+    git clone https://github.com/taldatech/soft-intro-vae-pytorch /tmp/soft-intro-vae-pytorch
+    pip install -e ".[bench]"    # yacs, the official config system, needed only to build its model here
+    python benchmarks/vs_reference.py --reference /tmp/soft-intro-vae-pytorch [--levels 4 16 32 64]
+        [--batch 8] [--threads 2] [--precision fp32 bf16] [--rounds 3] [--toy-threads 1 2] [--no-style]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HOW_TO_GET_IT = ("benchmarks/vs_reference.py needs a checkout of the official code: git clone "
+                 "https://github.com/taldatech/soft-intro-vae-pytorch PATH, then --reference PATH (and pip "
+                 "install -e '.[bench]' for yacs, its config system)")  # fmt: skip
+# the official 8Gaussians preset (its main.py's recommended hyper-parameters) and sivae's toy2d preset name
+TOY_PRESETS = {"8Gaussians": (["-d", "8Gaussians", "-b", "512", "-k", "0.3", "-r", "0.2", "-e", "0.9", "-z", "2"],
+                              "8gaussians")}
+
+
+# ------------------------------------------------------------------------------------------------
+# Child processes: one side, one level, one precision
+
+
+def official_iteration(reference: Path, resolution: int, batch: int):
+    """The official style model's training iteration at `resolution`, as its train script runs it (CPU)."""
+    import numpy as np
+    import torch
+
+    code = reference / "style_soft_intro_vae"
+    sys.path.insert(0, str(code))
+    from custom_adam import LREQAdam  # the official modules, importable once their folder is on the path
+    from defaults import get_cfg_defaults
+    from model import SoftIntroVAEModelTL
+
+    cfg = get_cfg_defaults()
+    cfg.merge_from_file(str(code / "configs" / "ffhq256.yaml"))
+    m = cfg.MODEL
+    common = dict(startf=m.START_CHANNEL_COUNT, layer_count=m.LAYER_COUNT, maxf=m.MAX_CHANNEL_COUNT,
+                  latent_size=m.LATENT_SPACE_SIZE, mapping_layers=m.MAPPING_LAYERS, channels=m.CHANNELS,
+                  generator=m.GENERATOR, encoder=m.ENCODER, beta_kl=m.BETA_KL, beta_rec=m.BETA_REC,
+                  beta_neg=m.BETA_NEG[m.LAYER_COUNT - 1], scale=m.SCALE)  # fmt: skip
+    torch.manual_seed(0)
+    model = SoftIntroVAEModelTL(dlatent_avg_beta=m.DLATENT_AVG_BETA, style_mixing_prob=m.STYLE_MIXING_PROB, **common)
+    model.train()
+    model_s = SoftIntroVAEModelTL(truncation_psi=m.TRUNCATIOM_PSI, truncation_cutoff=m.TRUNCATIOM_CUTOFF, **common)
+    model_s.eval()
+    model_s.requires_grad_(False)
+    t = cfg.TRAIN
+    decoder_optimizer = LREQAdam([{"params": model.decoder.parameters()}, {"params": model.mapping_fl.parameters()}],
+                                 lr=t.BASE_LEARNING_RATE, betas=(t.ADAM_BETA_0, t.ADAM_BETA_1), weight_decay=0)
+    encoder_optimizer = LREQAdam([{"params": model.encoder.parameters()}, {"params": model.mapping_tl.parameters()}],
+                                 lr=t.BASE_LEARNING_RATE, betas=(t.ADAM_BETA_0, t.ADAM_BETA_1), weight_decay=0)
+    lod = int(np.log2(resolution)) - 2
+    x = torch.rand(batch, m.CHANNELS, resolution, resolution) * 2 - 1
+    betta = 0.5 ** (batch / (10 * 1000.0))
+    kl_diffs, kls_real, kls_fake, rec_errs = [], [], [], []
+
+    def iteration() -> None:
+        x.requires_grad = True
+        encoder_optimizer.zero_grad()
+        loss_e = model(x, lod, 1.0, d_train=False, e_train=True)
+        loss_e.backward()
+        encoder_optimizer.step()
+        decoder_optimizer.zero_grad()
+        loss_d = model(x, lod, 1.0, d_train=True, e_train=False)
+        loss_d.backward()
+        decoder_optimizer.step()
+        kl_diffs.append(model.last_kl_diff.data.cpu())  # the loop's statistics, as it keeps them
+        kls_real.append(model.last_real_kl)
+        kls_fake.append(model.last_fake_kl)
+        rec_errs.append(model.last_rec_loss)
+        model_s.lerp(model, betta)
+
+    return iteration
+
+
+def sivae_iteration(resolution: int, batch: int, precision: str):
+    """One iteration of `sivae train` on configs/ffhq256.yaml at `resolution`: the training step and the EMA."""
+    import copy
+
+    import torch
+
+    from sivae.core.config import load_config
+    from sivae.models import build_model, lod_of
+    from sivae.train.backend import LocalBackend
+    from sivae.train.ema import ema_beta, update_ema
+    from sivae.train.schema import RunConfig
+    from sivae.train.steps import training_step
+    from sivae.train.trainer import make_optimizers
+
+    run = load_config(RunConfig, ROOT / "configs" / "ffhq256.yaml")
+    level = next(lv for lv in run.train.schedule if lv.resolution == resolution)
+    lod = lod_of(resolution)
+    torch.manual_seed(0)
+    model = build_model(run.model).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizers = make_optimizers(model, run)
+    for optimizer in optimizers.values():
+        for group in optimizer.param_groups:
+            group["lr"] = level.lr
+    backend = LocalBackend(model, optimizers, device=torch.device("cpu"), precision=precision)
+    backend.set_level(lod, 1.0)
+    objective = run.objective
+    if level.beta_neg is not None:
+        objective = type(objective)(**{**vars(objective), "beta_neg": level.beta_neg})
+    scale = objective.scale or 1.0 / model.input_dim(lod)
+    x = torch.rand(batch, *model.data_shape_at(lod)) * 2 - 1
+    beta = ema_beta(batch, run.train.ema_halflife_kimg)
+
+    def iteration() -> None:
+        training_step(backend, [x], objective, scale, warmup=False)
+        update_ema(ema, model, beta)
+
+    return iteration
+
+
+def run_child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.child == "official":
+        iteration = official_iteration(args.reference, args.level, args.batch)
+    else:
+        iteration = sivae_iteration(args.level, args.batch, args.child_precision)
+    for _ in range(args.warmup):
+        iteration()
+    start = time.perf_counter()
+    for _ in range(args.iters):
+        iteration()
+    print(json.dumps({"seconds": (time.perf_counter() - start) / args.iters}))
+
+
+# ------------------------------------------------------------------------------------------------
+# The orchestrator
+
+
+def measure(args: argparse.Namespace, side: str, level: int, precision: str) -> float:
+    command = [sys.executable, __file__, "--child", side, "--level", str(level), "--child-precision", precision,
+               "--batch", str(args.batch), "--threads", str(args.threads), "--warmup", str(args.warmup),
+               "--iters", str(args.iters)]  # fmt: skip
+    if args.reference:
+        command += ["--reference", str(args.reference)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{side} at {level}px failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def style_table(args: argparse.Namespace) -> None:
+    sides = [("official", "fp32")] + [("sivae", p) for p in args.precision]
+    times: dict[tuple[int, str, str], list[float]] = {}
+    for round_number in range(args.rounds):
+        for level in args.levels:
+            for side, precision in sides:
+                seconds = measure(args, side, level, precision)
+                times.setdefault((level, side, precision), []).append(seconds)
+                print(f"round {round_number + 1}/{args.rounds} {level}px {side} {precision}: {seconds:.3f} s/it",
+                      flush=True)
+    print(f"\n# style model (FFHQ-256), batch {args.batch}, {args.threads} threads, blend 1, EMA included; "
+          f"median of {args.rounds} fresh processes, {args.warmup} warm-up + {args.iters} timed iterations each; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    header = " | ".join(f"sivae {p} s/it | official / sivae {p}" for p in args.precision)
+    print(f"| level | official fp32 s/it | {header} |")
+    print("|---" * (2 + 2 * len(args.precision)) + "|")
+    for level in args.levels:
+        official = statistics.median(times[(level, "official", "fp32")])
+        cells = []
+        for precision in args.precision:
+            ours = statistics.median(times[(level, "sivae", precision)])
+            cells.append(f"{ours:.3f} | {official / ours:.2f}")
+        print(f"| {level}px | {official:.3f} | {' | '.join(cells)} |")
+
+
+def toy_wall_time(command: list[str], threads: int, cwd: str) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, cwd=cwd, check=True,
+                   capture_output=True)
+    return time.perf_counter() - start
+
+
+def toy_rate(side: str, args: argparse.Namespace, threads: int) -> float:
+    """Iterations per second of one side's 2D Soft-IntroVAE phase, from two run lengths."""
+    official_args, preset = TOY_PRESETS[args.toy_preset]
+    seconds = {}
+    for iters in (args.toy_short, args.toy_long):
+        with tempfile.TemporaryDirectory() as tmp:
+            if side == "official":
+                command = [sys.executable, str(args.reference / "soft_intro_vae_2d" / "main.py"), *official_args,
+                           "-n", str(iters), "-v", "0", "-s", "0"]
+                seconds[iters] = toy_wall_time(command, threads, tmp)
+            else:
+                command = [sys.executable, "-m", "sivae", "toy2d", "--dataset", preset, "--objective", "soft-intro",
+                           "--out", f"{tmp}/out", "--iters", str(iters), "--no-progress", "vae_warmup_iters=0"]
+                seconds[iters] = toy_wall_time(command, threads, tmp)
+    return (args.toy_long - args.toy_short) / (seconds[args.toy_long] - seconds[args.toy_short])
+
+
+def toy_table(args: argparse.Namespace) -> None:
+    rates: dict[tuple[str, int], list[float]] = {}
+    for round_number in range(args.rounds):
+        for threads in args.toy_threads:
+            for side in ("official", "sivae"):
+                rate = toy_rate(side, args, threads)
+                rates.setdefault((side, threads), []).append(rate)
+                print(f"round {round_number + 1}/{args.rounds} toy {threads} threads {side}: {rate:.2f} it/s",
+                      flush=True)
+    print(f"\n# 2D toy ({args.toy_preset}, Soft-IntroVAE phase, no VAE warm-up), it/s from {args.toy_short} and "
+          f"{args.toy_long} iterations, median of {args.rounds}; load average {os.getloadavg()[0]:.2f}")
+    print("| threads | official it/s | sivae it/s | sivae / official |")
+    print("|---|---|---|---|")
+    for threads in args.toy_threads:
+        official = statistics.median(rates[("official", threads)])
+        ours = statistics.median(rates[("sivae", threads)])
+        print(f"| {threads} | {official:.2f} | {ours:.2f} | {ours / official:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", type=Path, help="a checkout of taldatech/soft-intro-vae-pytorch")
+    parser.add_argument("--levels", type=int, nargs="+", default=[4, 16, 32, 64])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=2)
+    parser.add_argument("--no-style", action="store_true", help="skip the style model table")
+    parser.add_argument("--no-toy", action="store_true", help="skip the 2D table")
+    parser.add_argument("--toy-preset", choices=sorted(TOY_PRESETS), default="8Gaussians")
+    parser.add_argument("--toy-threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--toy-short", type=int, default=200)
+    parser.add_argument("--toy-long", type=int, default=1200)
+    parser.add_argument("--child", choices=("official", "sivae"), help=argparse.SUPPRESS)
+    parser.add_argument("--level", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-precision", default="fp32", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_child(args)
+        return
+    if args.reference is None or not (args.reference / "style_soft_intro_vae" / "model.py").is_file():
+        print(HOW_TO_GET_IT if args.reference is None else f"{args.reference}: not a checkout of the official "
+              f"code (no style_soft_intro_vae/model.py). {HOW_TO_GET_IT}", file=sys.stderr)
+        sys.exit(2)
+    if not args.no_style:
+        style_table(args)
+    if not args.no_toy:
+        toy_table(args)
+
+
+if __name__ == "__main__":
+    main()

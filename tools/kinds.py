@@ -1,0 +1,54 @@
+"""What the tools do differently per kind of data (the run config's `data.kind`): model inputs, pictures of
+outputs, the refinement's error and the reconstruction scores. A new kind is one class and one entry in `KINDS`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sivae.core.images import to_uint8
+from sivae.eval.context import EvalContext
+from sivae.eval.measures import psnr, ssim
+
+
+class ImageKind:
+    name = "images"
+    primary = "psnr"  # the score whose gain a refinement reports
+    higher_is_better = True
+
+    def model_input(self, ctx: EvalContext, batch: Tensor) -> Tensor:
+        """uint8 data -> what the model saw in training at its level (device, [-1, 1], faded in)."""
+        return ctx.as_model_input(batch)
+
+    @torch.no_grad()
+    def reconstruct(self, ctx: EvalContext, batch: Tensor, keys: list[str]) -> Tensor:
+        """Decoded posterior means, as `sivae eval` reconstructs (its seeded noise)."""
+        return ctx.reconstruct(batch, keys)
+
+    def shown_inputs(self, ctx: EvalContext, batch: Tensor) -> Tensor:
+        """uint8 pictures of the inputs as the model saw them (mid-fade: faded)."""
+        return ctx.as_reals(batch)
+
+    def pictures(self, output: Tensor) -> Tensor:
+        """uint8 pictures [B, 3, H, W] (CPU) of model outputs."""
+        return to_uint8(output).cpu()
+
+    def error(self, output: Tensor, target: Tensor) -> Tensor:
+        """Per-sample error the refinement minimises: the pixel MSE."""
+        return (output.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+
+    def scores(self, ctx: EvalContext, batch: Tensor, output: Tensor) -> dict[str, np.ndarray]:
+        """Per-image PSNR and SSIM of the quantised output against the input, as the recon metric computes them."""
+        x, y = self.shown_inputs(ctx, batch).double() / 255.0, self.pictures(output).double() / 255.0
+        return {"psnr": psnr(x, y).numpy(), "ssim": ssim(x, y).numpy()}
+
+
+KINDS = {"images": ImageKind}
+
+
+def kind_of(data_kind: str):
+    if data_kind not in KINDS:
+        raise ValueError(f"the tools do not handle data.kind {data_kind!r} (they handle {', '.join(KINDS)})")
+    return KINDS[data_kind]()
