@@ -56,7 +56,8 @@ from sivae.data_pipeline.manifest import (
     shards_digest,
     write_manifest,
 )
-from sivae.data_pipeline.sources import Source, SourceItem
+from sivae.data_pipeline.points import DEFAULT_POINTS, PointSource, encode_points, shape_seed
+from sivae.data_pipeline.source_base import Source, SourceItem
 
 MAX_RESOLUTION = 1024
 _PARTIAL = ".partial-"  # in the names of shards being written
@@ -72,6 +73,7 @@ class BuildOptions:
     non_square: NonSquare = "error"
     seed: int = 0  # the order of training samples across shards
     raw_max_resolution: int = 128  # levels up to this size are stored as raw .npy arrays, larger ones as PNG
+    points: int = DEFAULT_POINTS  # point-cloud sources: points sampled per shape (the data set's one level)
 
 
 DEFAULT_TEST_FRACTION = 0.1
@@ -215,24 +217,32 @@ def _record_path(out: Path, group: _Group) -> Path:
     return out / BUILD_STATE / "done" / f"{group.split}-{group.index:06d}.json"
 
 
+def _encoded_levels(plan: _Plan, item: SourceItem) -> dict[int, bytes]:
+    """One sample's member at every level: an image pyramid, or a shape's points (one level: their count)."""
+    if isinstance(plan.source, PointSource):
+        count = plan.options.points
+        return {count: encode_points(plan.source.load_points(item.ref, count, shape_seed(plan.options.seed, item.key)))}
+    rgb = square(plan.source.load(item.ref), plan.options.non_square)
+    levels = pyramid(resize_box(rgb, max(plan.encodings), plan.options.upsample), sorted(plan.encodings))
+    return {r: encode(image, plan.encodings[r]) for r, image in levels.items()}
+
+
 def _write_group(plan: _Plan, group: _Group) -> dict[str, Any]:
     """Write one group's shards, then its record; returns the record."""
-    top = max(plan.encodings)
     writers = {r: _ShardWriter(plan.out / shard_path(group.split, r, group.index)) for r in plan.encodings}
     skipped = []
     for item in group.items:
         try:
-            rgb = square(plan.source.load(item.ref), plan.options.non_square)
-            levels = pyramid(resize_box(rgb, top, plan.options.upsample), sorted(plan.encodings))
-        except (ImageProblem, OSError) as exc:  # a file that passed the header check but does not decode
+            levels = _encoded_levels(plan, item)
+        except (ImageProblem, OSError) as exc:  # unreadable: a shape, or an image that passed the header check
             skipped.append({"key": item.key, "where": plan.source.where(item), "reason": str(exc)})
             continue
         finally:
             if _progress is not None:
                 with _progress.get_lock():
                     _progress.value += 1
-        for r, rgb in levels.items():
-            members = {plan.encodings[r]: encode(rgb, plan.encodings[r])}
+        for r, data in levels.items():
+            members = {plan.encodings[r]: data}
             if item.label is not None:
                 members["cls"] = str(item.label).encode()
             if item.meta is not None:
@@ -346,14 +356,21 @@ def build_dataset(source: Source, out: str | Path, options: BuildOptions, *, for
     if options.shard_size < 1:
         raise DataError(f"--shard-size must be >= 1, got {options.shard_size}")
     _check_out(out, force)
-    top = choose_max_resolution(source, options.max_resolution, options.upsample)
-    resolutions = resolution_levels(top)
-    encodings: dict[int, Encoding] = {r: "npy" if r <= options.raw_max_resolution else "png" for r in resolutions}
     all_items = source.items()
-    items, unreadable = check_inputs(source, all_items, top, options, progress)  # before anything is written
+    if isinstance(source, PointSource):  # one level, the points per shape; unreadable shapes show when sampled
+        if options.points < 1:
+            raise DataError(f"--points must be >= 1, got {options.points}")
+        top, resolutions, encodings = options.points, [options.points], {options.points: "npy"}
+        items, unreadable = all_items, []
+        plan_id = {"source": source.spec, "points": options.points, "seed": options.seed}
+    else:
+        top = choose_max_resolution(source, options.max_resolution, options.upsample)
+        resolutions = resolution_levels(top)
+        encodings = {r: "npy" if r <= options.raw_max_resolution else "png" for r in resolutions}
+        items, unreadable = check_inputs(source, all_items, top, options, progress)  # before anything is written
+        plan_id = {"source": source.spec, "encodings": encodings, "upsample": options.upsample,
+                   "non_square": options.non_square}
     splits = assign_splits(items, options.test_fraction)
-    plan_id = {"source": source.spec, "encodings": encodings, "upsample": options.upsample,
-               "non_square": options.non_square}
     groups = _groups(splits, plan_id, options.shard_size, options.seed)
 
     lock = _claim(out, force)
@@ -364,7 +381,8 @@ def build_dataset(source: Source, out: str | Path, options: BuildOptions, *, for
         records = {(g.split, g.index): r for g in groups if (r := _finished_record(out, g)) is not None}
         todo = [g for g in groups if (g.split, g.index) not in records]
         total = sum(len(g.items) for g in groups)
-        with tqdm(total=total, unit="img", desc="build", disable=not progress, dynamic_ncols=True) as bar:
+        unit = "shape" if isinstance(source, PointSource) else "img"
+        with tqdm(total=total, unit=unit, desc="build", disable=not progress, dynamic_ncols=True) as bar:
             if records:
                 bar.write(f"resuming: {len(records)} of {len(groups)} shard groups already built")
                 bar.update(total - sum(len(g.items) for g in todo))
@@ -395,17 +413,21 @@ def _manifest(source: Source, options: BuildOptions, top: int, resolutions: list
             levels = table.setdefault(group.split, {str(res): [] for res in resolutions})
             levels[r].append(ShardEntry(shard["path"], shard["count"], shard["sha256"]))
     if not table:
-        raise DataError("no readable image", source.spec)
+        raise DataError("no readable shape" if isinstance(source, PointSource) else "no readable image", source.spec)
+    points = isinstance(source, PointSource)
     return Manifest(
         format=FORMAT,
         version=VERSION,
         source=source.spec,
+        kind=source.modality,
+        classes=list(source.classes) if points and labels else [],
         resolutions=resolutions,
         encodings={str(r): e for r, e in encodings.items()},
         split_sizes={s: sum(e.count for e in levels[str(top)]) for s, levels in table.items()},
         labels=labels,
         digest=shards_digest(table),
         shard_table=table,
-        build={**asdict(options), "max_resolution": top, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        build={**asdict(options), "max_resolution": None if points else top,
+               "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         skipped_sources=skipped,
     )

@@ -12,7 +12,9 @@ SOURCES_HELP = (
     "emoji-poses[:poses=K,test=F,identities=N,position=1,seed=S,font=PATH] (every glyph under K shared "
     "seeded poses, identity and pose in each sample's metadata, test split = held-out identities), "
     "digits (scikit-learn's 8x8 digits), folder:PATH, zip:PATH, cifar10:PATH (the python tarball or its "
-    "folder), svhn:PATH (a folder with train_32x32.mat / test_32x32.mat, or one .mat)"
+    "folder), svhn:PATH (a folder with train_32x32.mat / test_32x32.mat, or one .mat); point clouds: shapes3d "
+    "(procedural chairs, tables, lamps, airplanes and cars; shapes3d:N for N per class, default 300), "
+    "points:DIR (.ply/.off/.obj meshes sampled on the surface and .npy/.npz [N, 3] arrays; class = folder name)"
 )
 
 
@@ -43,7 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what to do with a non-square image: take its centre square, or stop (default)")
     b.add_argument("--raw-max-resolution", type=int, default=128, help="levels up to this size are stored as raw "
                    "uint8 .npy arrays (fast to load), larger ones as PNG (default 128)")
-    b.add_argument("--seed", type=int, default=0, help="order of training samples across shards (default 0)")
+    b.add_argument("--points", type=int, default=2048, help="point-cloud sources: points per shape, sampled uniformly "
+                   "by area on each surface (default 2048)")
+    b.add_argument("--seed", type=int, default=0, help="order of training samples across shards, and the points "
+                   "sampled on each shape (default 0)")
     b.add_argument("--force", action="store_true", help="rebuild from scratch: replace a data set at --out, or "
                    "discard the finished shards of an interrupted build there (which a plain rerun resumes)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -87,7 +92,7 @@ def _build(args: argparse.Namespace) -> int:
     options = BuildOptions(
         max_resolution=args.max_resolution, test_fraction=args.test_fraction, shard_size=args.shard_size,
         workers=args.workers, upsample=args.upsample, non_square=args.non_square, seed=args.seed,
-        raw_max_resolution=args.raw_max_resolution,
+        raw_max_resolution=args.raw_max_resolution, points=args.points,
     )
     start = time.perf_counter()
     manifest = build_dataset(parse_source(args.source), args.out, options, force=args.force,
@@ -99,12 +104,16 @@ def _build(args: argparse.Namespace) -> int:
 
 def _summary(manifest) -> None:
     splits = ", ".join(f"{s} {n}" for s, n in manifest.split_sizes.items())
-    levels = ", ".join(f"{r}px {manifest.encoding(r)}" for r in manifest.resolutions)
+    if manifest.kind == "points":
+        levels = f"point clouds of {manifest.resolutions[0]} points (float32 .npy)"
+    else:
+        levels = ", ".join(f"{r}px {manifest.encoding(r)}" for r in manifest.resolutions)
     shards = {s: len(manifest.shards(s, manifest.resolutions[-1])) for s in manifest.split_sizes}
     print(f"  source   {manifest.source}")
     print(f"  splits   {splits}  (shards per level: {', '.join(f'{s} {n}' for s, n in shards.items())})")
     print(f"  levels   {levels}")
-    print(f"  labels   {'yes' if manifest.labels else 'no'}")
+    print(f"  labels   {'yes' if manifest.labels else 'no'}" + (f" ({', '.join(manifest.classes)})"
+                                                                   if manifest.classes else ""))
     print(f"  digest   {manifest.digest}")
     skipped = manifest.skipped_sources
     if skipped:

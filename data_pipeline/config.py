@@ -10,7 +10,8 @@ from sivae.core.config import require
 @dataclass
 class DataConfig:
     # the kind of data, which decides how the trainer streams, fades and shows it (sivae.train.modality):
-    # "images" (a built data set at `path`) or "toy2d" (a procedural 2D density named by `dataset`)
+    # "images" (a built data set at `path`), "points" (a built point-cloud data set at `path`, e.g. from
+    # `sivae data build --source shapes3d`) or "toy2d" (a procedural 2D density named by `dataset`)
     kind: str = "images"
     path: str = "data/emoji"  # a built data set: the directory holding manifest.json
     dataset: str = ""  # procedural kinds: which generator
@@ -20,7 +21,7 @@ class DataConfig:
     # that choice: it is the order an explicit `workers: 2` gives, so runs resume exactly on other machines.
     workers: int | None = None
     shuffle_buffer: int = 1000
-    flip: bool = True  # random horizontal flip of training images
+    flip: bool = True  # random horizontal flip of training images (point clouds are never flipped)
 
     def __post_init__(self) -> None:
         require(self.workers is None or self.workers >= 0, "workers", "must be >= 0 or null (automatic)")

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sivae.data_pipeline.errors import DataError
 from sivae.data_pipeline.images import Encoding
+from sivae.data_pipeline.layouts import LAYOUTS, SampleLayout
 from sivae.data_pipeline.manifest import Manifest, ShardInfo, load_manifest
 from sivae.data_pipeline.shards import ShardReader
 
@@ -67,12 +68,13 @@ def auto_workers(environ: dict[str, str] | None = None, cpus: int | None = None)
 
 @dataclass(frozen=True)
 class Batch:
-    images: torch.Tensor  # [B, 3, R, R] float32 in [-1, 1] (uint8 in 0..255 with as_uint8)
+    images: torch.Tensor  # [B, 3, R, R] float32 in [-1, 1] (uint8 in 0..255 with as_uint8); points: [B, N, 3]
     skipped: int  # unreadable samples met (and replaced) while making this batch
 
 
 class EvalBatch(NamedTuple):
-    images: torch.Tensor  # [B, 3, R, R] float32 in [-1, 1] (uint8 in 0..255 with as_uint8); black where invalid
+    images: torch.Tensor  # [B, 3, R, R] float32 in [-1, 1] (uint8 in 0..255 with as_uint8); black where invalid;
+    # point clouds: float32 [B, N, 3], zeros where invalid
     valid: torch.Tensor  # bool [B]: False for padding and for unreadable samples
     keys: list[str]  # sample keys; "" for padding
 
@@ -159,10 +161,10 @@ def stream_of_batch(batch: int, streams: int) -> tuple[int, int]:
 
 
 def _put(reader: ShardReader, out: np.ndarray, slot: int, shard: int, sample: int, flip: int) -> bool:
-    image = reader.read(shard, sample)
-    if image is None:
+    decoded = reader.read(shard, sample)
+    if decoded is None:
         return False
-    out[slot] = (image[:, ::-1] if flip else image).transpose(2, 0, 1)  # HWC -> CHW, flipped in the same copy
+    out[slot] = reader.layout.arrange(decoded, flip)
     return True
 
 
@@ -191,9 +193,13 @@ def fill_train_batch(reader: ShardReader, order: TrainOrder, stream: int, local:
 
 
 def _hand_out(images: torch.Tensor, as_uint8: bool, pin_memory: bool) -> torch.Tensor:
-    """A batch as callers get it: a tensor of their own (never a view of a reused buffer)."""
-    images = images.clone() if as_uint8 else to_unit_range(images)
+    """A batch as callers get it: a tensor of their own (never a view of a reused buffer); point clouds as stored."""
+    images = images.clone() if as_uint8 or images.dtype != torch.uint8 else to_unit_range(images)
     return images.pin_memory() if pin_memory else images
+
+
+def _layout(manifest: Manifest) -> SampleLayout:
+    return LAYOUTS[manifest.kind]
 
 
 def _open_shards(data_dir: str | Path, split: str, resolution: int) -> tuple[Manifest, list[ShardInfo]]:
@@ -220,15 +226,15 @@ class _TrainDataset(IterableDataset):
     so a ring of `_PREFETCH + 2` slots is never overwritten while it is read.
     """
 
-    def __init__(self, order: TrainOrder, shards: list[ShardInfo], encoding: Encoding, start_batch: int,
-                 slots: torch.Tensor):
-        self.order, self.shards, self.encoding = order, shards, encoding
+    def __init__(self, order: TrainOrder, shards: list[ShardInfo], encoding: Encoding, layout: SampleLayout,
+                 start_batch: int, slots: torch.Tensor):
+        self.order, self.shards, self.encoding, self.layout = order, shards, encoding, layout
         self.start_batch, self.slots = start_batch, slots
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        reader = ShardReader(self.shards, self.encoding, self.order.resolution)
+        reader = ShardReader(self.shards, self.encoding, self.order.resolution, self.layout)
         ring = self.slots.shape[1]
         # The DataLoader takes its workers' batches round-robin, worker 0 first: worker w makes global
         # batches start_batch + w, + w + workers, ... With as many workers as streams that is one stream's
@@ -277,7 +283,7 @@ class TrainStream:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         # the manifest's digest identifies the data: a checkpoint can record it to refuse resuming on other data
         self.manifest, self.shards = _open_shards(data_dir, split, resolution)
-        self.encoding = self.manifest.encoding(resolution)
+        self.encoding, self.layout = self.manifest.encoding(resolution), _layout(self.manifest)
         self.order = TrainOrder(
             counts=tuple(s.count for s in self.shards), seed=seed, resolution=resolution, rank=rank,
             streams=streams, batch_size=batch_size, shuffle_buffer=shuffle_buffer, flip=flip,
@@ -286,12 +292,13 @@ class TrainStream:
         self.pin_memory = pin_memory and torch.cuda.is_available()
 
     def __iter__(self) -> Iterator[Batch]:
-        b, r = self.order.batch_size, self.order.resolution
+        shape = (self.order.batch_size, *self.layout.shape(self.order.resolution))
+        dtype = torch.from_numpy(np.zeros(0, self.layout.dtype)).dtype
         if self.workers == 0:  # one slot: the next batch is made only after this one is handed out
-            slots = torch.empty((1, 1, b, 3, r, r), dtype=torch.uint8)
+            slots = torch.empty((1, 1, *shape), dtype=dtype)
             batches: Iterator[tuple[int, int, int]] = iter(self._dataset(slots))
         else:
-            slots = torch.empty((self.workers, _PREFETCH + 2, b, 3, r, r), dtype=torch.uint8).share_memory_()
+            slots = torch.empty((self.workers, _PREFETCH + 2, *shape), dtype=dtype).share_memory_()
             # An explicit generator: without one, every DataLoader iterator draws its base seed from the
             # global torch RNG, and re-opening the stream on resume would shift the trainer's noise.
             batches = iter(DataLoader(self._dataset(slots), batch_size=None, num_workers=self.workers,
@@ -300,7 +307,7 @@ class TrainStream:
             yield Batch(_hand_out(slots[worker, slot], self.as_uint8, self.pin_memory), int(skipped))
 
     def _dataset(self, slots: torch.Tensor) -> _TrainDataset:
-        return _TrainDataset(self.order, self.shards, self.encoding, self.start_batch, slots)
+        return _TrainDataset(self.order, self.shards, self.encoding, self.layout, self.start_batch, slots)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,9 +335,8 @@ def eval_plan(counts: list[int], batch_size: int, rank: int, world_size: int) ->
 
 
 def eval_batch(reader: ShardReader, plan: list[tuple[int, int] | None]) -> EvalBatch:
-    """One batch of the plan as uint8 images (black where invalid)."""
-    r = reader.resolution
-    out = np.zeros((len(plan), 3, r, r), np.uint8)
+    """One batch of the plan as uint8 images (black where invalid), or point clouds (zeros where invalid)."""
+    out = np.zeros((len(plan), *reader.layout.shape(reader.resolution)), reader.layout.dtype)
     valid = np.zeros(len(plan), bool)
     keys = []
     for slot, entry in enumerate(plan):
@@ -343,13 +349,14 @@ def eval_batch(reader: ShardReader, plan: list[tuple[int, int] | None]) -> EvalB
 
 
 class _EvalDataset(IterableDataset):
-    def __init__(self, plan: Plan, shards: list[ShardInfo], encoding: Encoding, resolution: int):
-        self.plan, self.shards, self.encoding, self.resolution = plan, shards, encoding, resolution
+    def __init__(self, plan: Plan, shards: list[ShardInfo], encoding: Encoding, resolution: int,
+                 layout: SampleLayout):
+        self.plan, self.shards, self.encoding, self.resolution, self.layout = plan, shards, encoding, resolution, layout
 
     def __iter__(self) -> Iterator[EvalBatch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        reader = ShardReader(self.shards, self.encoding, self.resolution)
+        reader = ShardReader(self.shards, self.encoding, self.resolution, self.layout)
         for batch in self.plan[worker::workers]:  # the DataLoader takes its workers' batches round-robin
             yield eval_batch(reader, batch)
 
@@ -365,8 +372,9 @@ def eval_batches(data_dir: str | Path, split: str, resolution: int, batch_size: 
         raise ValueError(f"bad arguments: {batch_size=} {rank=} {world_size=} {workers=}")
     manifest, shards = _open_shards(data_dir, split, resolution)  # errors now, not at the first batch
     plan = eval_plan([s.count for s in shards], batch_size, rank, world_size)
-    dataset = _EvalDataset(plan, shards, manifest.encoding(resolution), resolution)
+    dataset = _EvalDataset(plan, shards, manifest.encoding(resolution), resolution, _layout(manifest))
     batches = dataset if workers == 0 else DataLoader(
         dataset, batch_size=None, num_workers=min(workers, len(plan)), generator=torch.Generator().manual_seed(0)
     )
-    return (b if as_uint8 else b._replace(images=to_unit_range(b.images)) for b in batches)
+    return (b if as_uint8 or b.images.dtype != torch.uint8 else b._replace(images=to_unit_range(b.images))
+            for b in batches)

@@ -5,7 +5,8 @@ Layout of a data set directory:
     manifest.json
     {split}/{resolution}/{index:06d}.tar     WebDataset shards: members KEY.npy or KEY.png (+ KEY.cls)
 
-Shard i of a split holds the same samples, in the same order, at every resolution. The manifest is
+Shard i of a split holds the same samples, in the same order, at every resolution. A point-cloud data
+set (kind "points") has one level, its number of points per shape: KEY.npy is float32 [points, 3]. The manifest is
 written last and atomically, so a directory with a manifest is complete.
 """
 
@@ -27,6 +28,7 @@ MANIFEST_NAME = "manifest.json"
 BUILD_STATE = ".build"  # in a data set directory while its build is unfinished
 FORMAT = "sivae-webdataset"
 VERSION = 1
+KINDS = ("images", "points")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -81,14 +83,21 @@ class Manifest:
     shard_table: dict[str, dict[str, list[ShardEntry]]]  # split -> resolution (as a string) -> shards
     build: dict[str, Any] = field(default_factory=dict)  # the build options
     skipped_sources: list[dict[str, str]] = field(default_factory=list)  # unreadable inputs left out of the build
+    kind: str = "images"  # "images" or "points" (point clouds; manifests written before it: images)
+    classes: list[str] = field(default_factory=list)  # point clouds: class names, indexed by KEY.cls
     root: Path = field(init=False, default=Path("."), repr=False)  # the directory, set when loaded
 
     def __post_init__(self) -> None:
         require(self.format == FORMAT, "format", f"must be {FORMAT!r}")
         require(self.version == VERSION, "version", f"this code reads version {VERSION}")
         res = self.resolutions
-        require(bool(res) and res == sorted(set(res)) and all(r >= 4 and r & (r - 1) == 0 for r in res),
-                "resolutions", "must be increasing powers of two >= 4")
+        require(self.kind in KINDS, "kind", f"must be one of {', '.join(KINDS)}")
+        if self.kind == "points":
+            require(len(res) == 1 and res[0] >= 1, "resolutions", "a point-cloud data set has one level: its "
+                    "points per shape")
+        else:
+            require(bool(res) and res == sorted(set(res)) and all(r >= 4 and r & (r - 1) == 0 for r in res),
+                    "resolutions", "must be increasing powers of two >= 4")
         require(set(self.encodings) == {str(r) for r in res}, "encodings", "must name every resolution")
         require(set(self.shard_table) == set(self.split_sizes), "shard_table", "must list the splits of split_sizes")
         for split, levels in self.shard_table.items():
@@ -114,6 +123,8 @@ class Manifest:
         if split is not None and split not in self.split_sizes:
             raise DataError(f"no split {split!r}; this data set has {sorted(self.split_sizes)}", where)
         if resolution not in self.resolutions:
+            if self.kind == "points":
+                raise DataError(f"holds clouds of {self.resolutions[0]} points, not {resolution}", where)
             raise DataError(f"no {resolution}px level; this data set has {self.resolutions}", where)
 
     def to_json(self) -> str:

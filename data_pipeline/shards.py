@@ -31,7 +31,8 @@ from wids.wids_lru import LRUCache
 from wids.wids_mmtar import MMIndexedTar
 from wids.wids_tar import TarFileReader
 
-from sivae.data_pipeline.images import Encoding, ImageProblem, decode
+from sivae.data_pipeline.images import Encoding, ImageProblem
+from sivae.data_pipeline.layouts import IMAGES, SampleLayout
 from sivae.data_pipeline.manifest import ShardInfo
 
 log = logging.getLogger(__name__)
@@ -122,10 +123,11 @@ def _close(_shard: int, tar: OpenShard) -> None:
 
 
 class ShardReader:
-    """Reads decoded images (HWC uint8) by (shard number, sample number) from one split at one level."""
+    """Reads decoded samples (images: HWC uint8; point clouds: float32 [N, 3], as `layout` decodes them) by
+    (shard number, sample number) from one split at one level."""
 
-    def __init__(self, shards: list[ShardInfo], encoding: Encoding, resolution: int):
-        self.shards, self.encoding, self.resolution = shards, encoding, resolution
+    def __init__(self, shards: list[ShardInfo], encoding: Encoding, resolution: int, layout: SampleLayout = IMAGES):
+        self.shards, self.encoding, self.resolution, self.layout = shards, encoding, resolution, layout
         self._indexes: dict[int, ShardIndex] = {}
         self._open: LRUCache = LRUCache(_MAX_OPEN_FILES, release_handler=_close)  # shard -> OpenShard
         self._reported: set[tuple[int, int]] = set()
@@ -143,12 +145,12 @@ class ShardReader:
         return keys[sample] if sample < len(keys) else f"{self.shards[shard].path.name}#{sample}"
 
     def read(self, shard: int, sample: int) -> np.ndarray | None:
-        """The image, or None (logged once) when it cannot be read or decoded."""
+        """The sample, or None (logged once) when it cannot be read or decoded."""
         data = self.read_bytes(shard, sample)
         if data is None:
             return None
         try:
-            return decode(data, self.encoding, self.resolution)
+            return self.layout.decode(data, self.encoding, self.resolution)
         except ImageProblem as exc:
             return self._bad(shard, sample, str(exc))
 

@@ -8,18 +8,15 @@ in parallel; the data-holding sources (digits, CIFAR-10, SVHN) put each image ar
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
 import io
 import os
 import pickle
-import re
 import shutil
 import subprocess
 import tarfile
 import zipfile
 import zlib
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -29,6 +26,7 @@ from PIL import Image
 
 from sivae.data_pipeline.errors import DataError
 from sivae.data_pipeline.images import ImageProblem, to_rgb
+from sivae.data_pipeline.source_base import Source, SourceItem, tar_key, unique_items
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
@@ -36,37 +34,6 @@ EMOJI_FONT_PACKAGE = "fonts-noto-color-emoji"
 # Noto Color Emoji holds bitmaps of one size: 109 px type gives its 136 x 128 glyphs, each drawn in
 # the centred 128 x 128 square (the 4 columns either side are empty).
 _EMOJI_TYPE_SIZE, _EMOJI_CANVAS, _EMOJI_SIDE = 109, (136, 128), 128
-_MAX_KEY = 90  # tar (ustar) names hold 100 characters; the key leaves room for ".png"
-
-
-@dataclass(frozen=True)
-class SourceItem:
-    key: str  # unique, tar-safe: [A-Za-z0-9_/-]
-    ref: Any  # what the source's `load` turns into an image (picklable)
-    split: str | None = None  # the source's own split; None: assigned by --test-fraction
-    label: int | None = None
-    meta: dict[str, Any] | None = None  # stored as the sample's KEY.json member (for evaluation, never trained on)
-
-
-class Source(ABC):
-    spec: str  # the command-line form, recorded in the manifest
-    native_size: int | None = None  # side of every image when fixed (None: it varies per image)
-
-    @abstractmethod
-    def items(self) -> list[SourceItem]:
-        """Every sample, in a fixed order."""
-
-    @abstractmethod
-    def load(self, ref: Any) -> np.ndarray:
-        """One sample's image as HWC uint8 RGB (maybe not square); ImageProblem or OSError if unreadable."""
-
-    def size(self, ref: Any) -> tuple[int, int]:
-        """(width, height) of a sample, found cheaply (files: the header only); ImageProblem if unreadable."""
-        return self.native_size, self.native_size
-
-    def where(self, item: SourceItem) -> str:
-        """Where a sample comes from, for error messages."""
-        return f"{self.spec} sample {item.key}"
 
 
 @dataclass
@@ -81,25 +48,21 @@ class _PathSource(Source):
         return f"{self.kind}:{self.path}"
 
 
-def tar_key(name: str) -> str:
-    """A WebDataset key for a file name: no dots (they start the extension), tar-safe, at most 90 characters."""
-    key = re.sub(r"[^A-Za-z0-9_/-]", "_", name).strip("/")
-    if len(key) > _MAX_KEY:
-        key = f"{key[: _MAX_KEY - 17]}_{hashlib.sha256(name.encode()).hexdigest()[:16]}"
-    return key
-
-
 # sources in modules of their own that build on this one: kind -> "module:function of the text after KIND:"
 SOURCE_MODULES = {"emoji-poses": "sivae.data_pipeline.poses:parse_poses_spec"}
 
 
 def parse_source(spec: str) -> Source:
-    """`emoji`, `emoji:FONT`, `emoji-poses[:OPTIONS]`, `digits`, `folder:PATH`, `zip:PATH`, `cifar10:PATH` or
-    `svhn:PATH`."""
+    """`emoji`, `emoji:FONT`, `emoji-poses[:OPTIONS]`, `digits`, `folder:PATH`, `zip:PATH`, `cifar10:PATH`,
+    `svhn:PATH`, or the point clouds' `shapes3d[:PER_CLASS]` and `points:DIR` (sivae.data_pipeline.points)."""
+    from sivae.data_pipeline.points import parse_point_source
+
     kind, _, arg = spec.partition(":")
     if kind in SOURCE_MODULES:
         module, name = SOURCE_MODULES[kind].split(":")
         return getattr(importlib.import_module(module), name)(arg)
+    if (points := parse_point_source(kind, arg)) is not None:
+        return points
     if kind == "emoji":
         return EmojiSource(Path(arg) if arg else DEFAULT_EMOJI_FONT)
     if kind == "digits" and not arg:
@@ -111,19 +74,9 @@ def parse_source(spec: str) -> Source:
             raise DataError(f"source {kind}: {path} does not exist")
         return makers[kind](path)
     raise DataError(
-        f"unknown source {spec!r}: use emoji, emoji-poses, digits, folder:PATH, zip:PATH, cifar10:PATH or svhn:PATH"
+        f"unknown source {spec!r}: use emoji, emoji-poses, digits, folder:PATH, zip:PATH, cifar10:PATH, svhn:PATH, "
+        "shapes3d or points:DIR"
     )
-
-
-def _unique(items: list[SourceItem], spec: str) -> list[SourceItem]:
-    seen: dict[str, SourceItem] = {}
-    for item in items:
-        if item.key in seen:
-            raise DataError(f"{seen[item.key].ref} and {item.ref} both map to the sample key {item.key!r}", spec)
-        seen[item.key] = item
-    if not items:
-        raise DataError("no images found", spec)
-    return items
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +136,7 @@ class EmojiSource(Source):
             left, top, right, bottom = font.getbbox(chr(cp))
             if right > left and bottom > top:  # spaces, joiners and selectors draw nothing
                 out.append(SourceItem(key=f"emoji_u{cp:04x}", ref=cp))
-        return _unique(out, self.spec)
+        return unique_items(out, self.spec)
 
     def load(self, ref: int) -> np.ndarray:
         from PIL import ImageDraw
@@ -385,7 +338,7 @@ class FolderSource(_PathSource):
             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
             and not any(part.startswith(".") for part in p.relative_to(self.path).parts)
         )
-        return _unique([SourceItem(key=tar_key(rel), ref=rel) for rel in files], self.spec)
+        return unique_items([SourceItem(key=tar_key(rel), ref=rel) for rel in files], self.spec)
 
     def load(self, ref: str) -> np.ndarray:
         return _open_file(self.path / ref, header_only=False)
@@ -418,7 +371,7 @@ class ZipSource(_PathSource):
             if n.lower().endswith(IMAGE_SUFFIXES) and not n.endswith("/")
             and not any(part.startswith(".") or part == "__MACOSX" for part in n.split("/"))
         )
-        return _unique([SourceItem(key=tar_key(name), ref=name) for name in members], self.spec)
+        return unique_items([SourceItem(key=tar_key(name), ref=name) for name in members], self.spec)
 
     def load(self, ref: str) -> np.ndarray:
         return _open_file(self._read(ref), header_only=False)

@@ -6,11 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-METRICS_HELP = "comma-separated: fid, kid, recon, ood, translation (default: fid, kid, recon, ood)"
+METRICS_HELP = ("comma-separated: images: fid, kid, recon, ood, translation (translation models); point "
+                "clouds: points (JSD, MMD/COV/1-NNA with Chamfer distance), points_recon; all (the default): every "
+                "metric of the model's kind of data")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics", default="fid,kid,recon,ood", help=METRICS_HELP)
+    p.add_argument("--metrics", default="all", help=METRICS_HELP)
     p.add_argument("--num-samples", type=int, help="generated images for FID/KID (default: the run config's "
                                                    "eval.fid_num_samples, 10000 unless it says otherwise)")
     p.add_argument("--features", choices=("inception", "standin"), default="inception",
@@ -120,7 +122,8 @@ def main_run(args: argparse.Namespace) -> int:
     finally:
         leave_process_group()
     if env.is_main:
-        print(f"{args.model} ({results['kimg']:g} kimg, {results['resolution']}px):")
+        level = f"{results['resolution']}px" if results["resolution"] is not None else "no levels"
+        print(f"{args.model} ({results['kimg']:g} kimg, {level}):")
         for key, value in scalar_metrics(results).items():
             print(f"  {key:18s} {value:.6g}")
         if "extractor" in results:

@@ -93,6 +93,9 @@ class EvalContext:
     # ---- the model ----------------------------------------------------------------------------
     @property
     def resolution(self) -> int:
+        """The level the model works at: image side in pixels, or the points of a point cloud."""
+        if self.loaded.config.data.kind == "points":
+            return self.loaded.config.model.points
         return self.loaded.resolution
 
     def decode(self, z: Tensor) -> Tensor:
@@ -112,11 +115,18 @@ class EvalContext:
     @torch.no_grad()
     def generate(self, chunk: int, count: int) -> Tensor:
         """Generated chunk `chunk` (`count` images) as uint8 on the CPU; the same whatever the rank."""
+        return to_uint8(self.decoded(chunk, count)).cpu()
+
+    @torch.no_grad()
+    def decoded(self, chunk: int, count: int, stream: int = 0) -> Tensor:
+        """The decoder's output for chunk `chunk` of prior samples (`count` of them), on the device; the same
+        whatever the rank. `stream` numbers independent sets of chunks (the trials of a metric)."""
         device = self.env.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(derived_seed(self.options.seed, chunk))
+            torch.manual_seed(derived_seed(self.options.seed, chunk) if stream == 0 else
+                              derived_seed(self.options.seed, stream, chunk))
             z = torch.randn(count, self.model.latent_dim)
-            return to_uint8(self.decode(z.to(device))).cpu()
+            return self.decode(z.to(device))
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor, keys: list[str]) -> Tensor:

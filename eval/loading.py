@@ -53,9 +53,9 @@ class LoadedModel:
     model: Model  # EMA weights of every network, eval mode, no gradients, on the requested device
     config: StoredConfig
     images: int  # training images seen when it was saved
-    lod: int  # the level it was at: it generates and encodes images of `resolution` px
+    lod: int | None  # the level it was at: it makes images of `resolution` px (None: data without levels)
     blend: float
-    resolution: int
+    resolution: int | None
     path: Path
     format: str  # the registry name that loaded it
     extra: dict[str, Any] = field(default_factory=dict)
@@ -185,13 +185,18 @@ def _snapshot_networks(state: dict[str, Any]) -> dict[str, dict[str, torch.Tenso
     return {"encoder": state["encoder"], "decoder": state["decoder"]}
 
 
+def _level(value: Any) -> int | None:
+    """A stored level or resolution: None for data without levels (point clouds, 2D points)."""
+    return None if value is None else int(value)
+
+
 def _load_snapshot(probe: Probe, device: torch.device) -> LoadedModel:
     state, path = probe.state, probe.path
     try:
         cfg = run_config(state["config"], path)
         model = inference_model(cfg, _snapshot_networks(state), device, path)
-        return LoadedModel(model, cfg, int(state["images"]), int(state["lod"]), float(state["blend"]),
-                           int(state["resolution"]), path, "snapshot")
+        return LoadedModel(model, cfg, int(state["images"]), _level(state["lod"]), float(state["blend"]),
+                           _level(state["resolution"]), path, "snapshot")
     except KeyError as exc:
         raise LoadError(f"{path}: snapshot lacks {exc}") from None
 

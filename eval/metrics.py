@@ -12,6 +12,16 @@
            held-out identities against their ground truth, the unchanged-image baseline, leakage probes
            and reconstruction (eval.translation); a swap grid of test images
 
+Point clouds (models trained with data.kind points):
+
+    points        the reference's voxel JSD (3 trials of 3x as many samples as reference shapes), and
+                  MMD, COV and 1-NNA with Chamfer distance between as many samples as reference shapes
+                  and the reference (the test split); a grid of rendered samples
+    points_recon  mean Chamfer distance of test shapes to their reconstructions; a rendered grid
+
+A metric applies to one kind of data (`kinds`); `all` asks for every metric of the model's kind (but
+translation, which needs a translation model and a data set with poses: ask for it by name).
+
 Results (plain numbers, strings and dicts) are complete on rank 0; other ranks take part in the work
 and return what they know. Register a new metric with `@metric("name")`.
 """
@@ -25,8 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sivae.core.distributed import gather_lists, gather_rows
+from sivae.core.distributed import gather_lists, gather_rows, part
 from sivae.core.images import grid, save_png, to_uint8
+from sivae.core.points import chamfer_distance, pairwise_chamfer, point_cloud_grid
 from sivae.data_pipeline.samples import read_split
 from sivae.eval.context import EvalContext, key_seed
 from sivae.eval.likelihood import log_likelihood_estimates
@@ -42,19 +53,38 @@ from sivae.eval.measures import (
     ssim,
 )
 from sivae.eval.plots import score_histograms
+from sivae.eval.point_measures import distance_set_metrics, voxel_jsd
 from sivae.eval.translation import grid_sources, swap_grid, translation_scores
 from sivae.models.translation import TranslationModel
 
 Metric = Callable[[EvalContext], dict[str, Any]]
 METRICS: dict[str, Metric] = {}
+METRIC_KINDS: dict[str, tuple[str, ...]] = {}  # metric -> the data kinds (data.kind) it applies to
+ALL = "all"  # every metric of the model's kind
+BY_NAME_ONLY: set[str] = set()  # metrics `all` leaves out
+JSD_TRIALS, JSD_SAMPLES_PER_REFERENCE = 3, 3  # the reference's protocol
 
 
-def metric(name: str) -> Callable[[Metric], Metric]:
+def metric(name: str, kinds: tuple[str, ...] = ("images",), in_all: bool = True) -> Callable[[Metric], Metric]:
+    """Register a metric for data of `kinds`; `in_all=False`: run only when asked by name (it needs a
+    particular model family or data set, e.g. translation)."""
     def register(fn: Metric) -> Metric:
         METRICS[name] = fn
+        METRIC_KINDS[name] = kinds
+        if not in_all:
+            BY_NAME_ONLY.add(name)
         return fn
 
     return register
+
+
+def metrics_for(names: list[str], kind: str) -> tuple[list[str], list[str]]:
+    """(the asked metrics that apply to data of `kind`, `all` expanded; those that do not)."""
+    if ALL in names:
+        names = [n for n in names if n != ALL] + [n for n in METRICS
+                                                  if kind in METRIC_KINDS[n] and n not in BY_NAME_ONLY]
+    names = list(dict.fromkeys(names))
+    return [n for n in names if kind in METRIC_KINDS[n]], [n for n in names if kind not in METRIC_KINDS[n]]
 
 
 def _reference_info(ref) -> dict[str, Any]:
@@ -233,7 +263,7 @@ def ood(ctx: EvalContext) -> dict[str, Any]:
     return out
 
 
-@metric("translation")
+@metric("translation", in_all=False)
 @torch.no_grad()
 def translation(ctx: EvalContext) -> dict[str, Any]:
     """Rank 0 alone: the test split of a translation data set is small (emoji-poses: 1160 images)."""
@@ -248,3 +278,81 @@ def translation(ctx: EvalContext) -> dict[str, Any]:
         shown = ctx.as_model_input(torch.from_numpy(samples.images).permute(0, 3, 1, 2))
         save_png(swap_grid(ctx.model, shown[rows], shown[columns]), path, upscale_to=512)
     return {"translation": scores, "translation_unreadable": samples.skipped}
+
+
+# ---------------------------------------------------------------------------------------------
+# Point clouds
+
+
+def _test_clouds(ctx: EvalContext, desc: str) -> tuple[np.ndarray, int]:
+    """The readable test clouds (all ranks', in order; every rank) and how many could not be read."""
+    opts = ctx.options
+    rows, unreadable = [np.zeros((0, ctx.resolution, 3), np.float32)], 0
+    for data in ctx.data_parts(ctx.data_dir, opts.test_split, opts.test_count, desc=desc):
+        rows.append(data.images.numpy())
+        unreadable += data.unreadable
+    return gather_rows(np.concatenate(rows), ctx.env), sum(gather_lists([unreadable], ctx.env.world_size))
+
+
+def _generated_clouds(ctx: EvalContext, count: int, stream: int) -> np.ndarray:
+    """`count` generated clouds of an independent set `stream` (every rank; the same at any world size)."""
+    size = ctx.options.batch_size
+    rows = [np.zeros((0, ctx.resolution, 3), np.float32)]
+    for chunk in ctx.bar(part(-(-count // size), ctx.env.rank, ctx.env.world_size), desc=f"samples ({stream})"):
+        rows.append(ctx.decoded(chunk, min(size, count - chunk * size), stream).float().cpu().numpy())
+    return gather_rows(np.concatenate(rows), ctx.env)
+
+
+@metric("points", kinds=("points",))
+@torch.no_grad()
+def point_generation(ctx: EvalContext) -> dict[str, Any]:
+    reference, unreadable = _test_clouds(ctx, "reference shapes")
+    count = len(reference)
+    if count < 2:
+        raise ValueError(f"points: {count} readable {ctx.options.test_split} shapes in {ctx.data_dir}; need >= 2")
+    trials = [_generated_clouds(ctx, JSD_SAMPLES_PER_REFERENCE * count, stream) for stream in range(JSD_TRIALS)]
+    if not ctx.env.is_main:
+        return {}
+    if (path := ctx.output("samples.png")) is not None:
+        save_png(point_cloud_grid(trials[0][: ctx.options.grid_images], columns=8), path)
+    jsd = [voxel_jsd(generated, reference) for generated in trials]
+    device = ctx.env.device
+    samples, ref = torch.from_numpy(trials[0][:count]).to(device), torch.from_numpy(reference).to(device)
+    sets = distance_set_metrics(pairwise_chamfer(samples, ref), pairwise_chamfer(samples), pairwise_chamfer(ref))
+    return {"jsd": float(np.mean(jsd)), "jsd_std": float(np.std(jsd)), "mmd_cd": sets["mmd"],
+            "cov_cd": sets["cov"], "1nna_cd": sets["1nna"], "points_reference_count": count,
+            "points_reference_unreadable": unreadable, "points_jsd_samples": JSD_SAMPLES_PER_REFERENCE * count,
+            "points_jsd_trials": JSD_TRIALS}
+
+
+@metric("points_recon", kinds=("points",))
+@torch.no_grad()
+def point_reconstruction(ctx: EvalContext) -> dict[str, Any]:
+    opts, device = ctx.options, ctx.env.device
+    distances, shown, unreadable = [np.zeros(0)], [], 0
+    wanted = opts.grid_images // 2
+    # shown: shapes evenly spaced over the split (its shards hold a class after another)
+    count = ctx.split_count(ctx.manifest(ctx.data_dir, opts.test_split), opts.test_split, opts.test_count)
+    stride, position = max(1, count // max(1, wanted)), 0
+    for data in ctx.data_parts(ctx.data_dir, opts.test_split, opts.test_count, desc="reconstructions"):
+        x = data.images.to(device)
+        mu, _ = ctx.encode(x)
+        reconstructions = ctx.model.decode(mu, ctx.loaded.lod, ctx.loaded.blend)
+        distances.append(chamfer_distance(x, reconstructions).double().cpu().numpy())
+        unreadable += data.unreadable
+        for pair in zip(x.cpu(), reconstructions.cpu()):
+            if position % stride == 0 and len(shown) < wanted:
+                shown.append(pair)
+            position += 1
+    values = gather_rows(np.concatenate(distances), ctx.env)
+    unreadable = sum(gather_lists([unreadable], ctx.env.world_size))
+    if not ctx.env.is_main:
+        return {}
+    if values.size == 0:
+        raise ValueError(f"no readable {opts.test_split} shapes in {ctx.data_dir}")
+    if (path := ctx.output("reconstructions.png")) is not None and shown:
+        columns = min(8, len(shown))
+        originals, rebuilt = (torch.stack(row) for row in zip(*shown))
+        rows = [torch.cat([originals[i:i + columns], rebuilt[i:i + columns]]) for i in range(0, len(shown), columns)]
+        save_png(point_cloud_grid(torch.cat(rows), columns=columns), path)
+    return {"recon_cd": float(values.mean()), "recon_num_shapes": int(values.size), "recon_unreadable": unreadable}

@@ -22,9 +22,10 @@ from sivae.eval.plots import metric_over_kimg
 # The order metrics appear in (others present in the results follow).
 PREFERRED = ("fid", "kid", "rfid", "mse", "psnr", "ssim", "lpips", "log_likelihood", "elbo", "auroc", "auprc",
              "fpr95", "auroc_elbo")
-TABLE = ("fid", "kid", "rfid", "psnr", "ssim", "log_likelihood", "auroc", "fpr95")
+TABLE = ("fid", "kid", "rfid", "psnr", "ssim", "log_likelihood", "auroc", "fpr95", "jsd", "mmd_cd", "cov_cd",
+         "1nna_cd", "recon_cd")
 BOOKKEEPING = ("fid_num_samples", "kid_std", "kid_subset_size", "recon_num_images", "recon_unreadable",
-               "iw_samples")
+               "iw_samples", "jsd_std", "points_reference_unreadable")
 
 
 def slug(run: RunDir, runs_dir: Path) -> str:
@@ -66,7 +67,8 @@ def run_section(run: RunDir, runs_dir: Path, report_dir: Path) -> tuple[list[str
         plot = metric_over_kimg(series, report_dir / f"{name}-metrics.png", title=f"{name}: metrics over kimg")
         lines += [f"![metrics over kimg]({plot.name})", ""]
         latest = ok[-1]
-        lines += [f"Latest snapshot: `{latest['snapshot']}` at {latest['kimg']:g} kimg, {latest['resolution']}px.", ""]
+        level = f"{latest['resolution']}px" if latest["resolution"] is not None else "no levels"
+        lines += [f"Latest snapshot: `{latest['snapshot']}` at {latest['kimg']:g} kimg, {level}.", ""]
         for extractor, digest in dict.fromkeys((r.get("extractor"), r.get("extractor_sha256")) for r in ok):
             if extractor:
                 lines += [f"Features: `{extractor}`, weights sha256 `{digest or '- (no weights file)'}`.", ""]

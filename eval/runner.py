@@ -26,16 +26,16 @@ from sivae.core.fileio import atomic_write_text
 from sivae.eval.context import EvalContext, EvalOptions
 from sivae.eval.features import STANDIN_WARNING
 from sivae.eval.loading import LoadedModel, load_model
-from sivae.eval.metrics import METRICS
+from sivae.eval.metrics import ALL, METRICS, metrics_for
 
 __all__ = ["EvalOptions", "evaluate", "parse_metrics", "scalar_metrics"]
 
 
 def parse_metrics(spec: str | list[str]) -> list[str]:
     names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
-    unknown = [n for n in names if n not in METRICS]
+    unknown = [n for n in names if n not in METRICS and n != ALL]
     if unknown or not names:
-        raise ValueError(f"unknown metric(s) {unknown or spec!r}; known: {', '.join(METRICS)}")
+        raise ValueError(f"unknown metric(s) {unknown or spec!r}; known: {', '.join(METRICS)} (or {ALL})")
     return list(dict.fromkeys(names))
 
 
@@ -56,7 +56,8 @@ def _jsonable(value: Any) -> Any:
 def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:
     """The plain-number results (what goes to TensorBoard and the report), bookkeeping excluded."""
     skip = {"images", "kimg", "lod", "resolution", "blend", "seconds", "world_size", "fid_num_samples",
-            "kid_subset_size", "recon_num_images", "iw_samples"}
+            "kid_subset_size", "recon_num_images", "iw_samples", "points_reference_count", "points_jsd_samples",
+            "points_jsd_trials", "recon_num_shapes"}
     return {k: float(v) for k, v in results.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip}
 
@@ -70,10 +71,16 @@ def evaluate(target: str | Path | LoadedModel, metrics: list[str], out_dir: Path
     """
     options = options or EvalOptions()
     env = env or DistEnv()
-    names = parse_metrics(metrics)
     start = time.perf_counter()
     loaded = target if isinstance(target, LoadedModel) else load_model(target, env.device)
+    kind = loaded.config.data.kind
+    names, inapplicable = metrics_for(parse_metrics(metrics), kind)
     ctx = EvalContext(loaded, options, env, Path(out_dir) if out_dir is not None else None)
+    if not names:
+        raise ValueError(f"none of the metrics {', '.join(inapplicable)} applies to {kind} data ({loaded.path}); "
+                         f"ask for {ALL} or one of {', '.join(metrics_for([ALL], kind)[0])}")
+    if inapplicable:
+        ctx.warn(f"{', '.join(inapplicable)}: not for {kind} data ({loaded.path.name}), skipped")
     results: dict[str, Any] = {
         "model": str(loaded.path), "format": loaded.format, "images": loaded.images, "kimg": loaded.kimg,
         "lod": loaded.lod, "blend": loaded.blend, "resolution": loaded.resolution, "data": str(ctx.data_dir),

@@ -45,4 +45,13 @@ def _translation(cfg: ModelConfig) -> Model:
 register_architecture("style", _style)
 register_architecture("standard", _standard)
 register_architecture("translation", _translation)
+
+
+def _pointcloud(cfg: ModelConfig) -> VAE:
+    from sivae.models.pointcloud import pointcloud_vae
+
+    return pointcloud_vae(cfg)
+
+
+register_architecture("pointcloud", _pointcloud)
 register_architecture("mlp", lambda cfg: mlp_vae(cfg.data_dim, cfg.latent_dim, cfg.hidden, cfg.hidden_layers))

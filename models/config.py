@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from sivae.core.config import require
 from sivae.models.registry import ARCHITECTURES
 
+# architectures whose data has no resolution levels (max_resolution does not apply)
+FLAT_ARCHITECTURES = ("mlp", "pointcloud")
+
 
 def _power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
@@ -15,7 +18,7 @@ def _power_of_two(n: int) -> bool:
 @dataclass
 class ModelConfig:
     arch: str = "style"  # a name in models.registry.ARCHITECTURES
-    max_resolution: int = 256  # images are max_resolution x max_resolution (ignored by mlp)
+    max_resolution: int = 256  # images are max_resolution x max_resolution (ignored by mlp and pointcloud)
     image_channels: int = 3
     latent_dim: int = 512
 
@@ -48,6 +51,15 @@ class ModelConfig:
     class_kl_weight: float = 1.0
     content_kl_weight: float = 1.0
 
+    # pointcloud (the reference's 3D networks, sivae.models.pointcloud): clouds of `points` x 3 coordinates;
+    # a PointNet encoder (1x1 convolutions of these widths with batch norm, a max-pool over the points, one
+    # hidden layer) and a fully connected decoder (hidden layers of these widths); prior N(0, prior_std^2 I)
+    points: int = 2048
+    point_encoder_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 256, 512])
+    point_encoder_hidden: int = 256
+    point_decoder_widths: list[int] = field(default_factory=lambda: [64, 128, 512, 1024])
+    prior_std: float = 1.0
+
     # mlp
     data_dim: int = 2
     hidden: int = 256
@@ -59,7 +71,7 @@ class ModelConfig:
         require(self.latent_dim > 0, "latent_dim", "must be > 0")
         require(self.image_channels > 0, "image_channels", "must be > 0")
         require(0.0 <= self.style_mixing_prob <= 1.0, "style_mixing_prob", "must be in [0, 1]")
-        if self.arch != "mlp":
+        if self.arch not in FLAT_ARCHITECTURES:
             r = self.max_resolution
             require(4 <= r <= 1024 and _power_of_two(r), "max_resolution", "must be a power of two in [4, 1024]")
         if self.arch == "style":
@@ -89,6 +101,13 @@ class ModelConfig:
                 f"{len(self.channels)} channel entries make {expected}px images, not max_resolution "
                 f"{self.max_resolution}px (the residual nets halve the resolution once per entry, down to 4px)",
             )
+        if self.arch == "pointcloud":
+            require(self.points >= 1, "points", "must be >= 1")
+            require(self.prior_std > 0, "prior_std", "must be > 0")
+            for key in ("point_encoder_channels", "point_decoder_widths"):
+                require(len(getattr(self, key)) >= 1 and all(c > 0 for c in getattr(self, key)), key,
+                        "must be a non-empty list of positive widths")
+            require(self.point_encoder_hidden > 0, "point_encoder_hidden", "must be > 0")
         if self.arch == "mlp":
             require(self.data_dim > 0 and self.hidden > 0 and self.hidden_layers >= 0, "hidden", "must be positive")
 
@@ -98,5 +117,5 @@ class ModelConfig:
 
     @property
     def max_lod(self) -> int:
-        """The top level: resolution = 4 * 2^lod (0 for the mlp, whose data is flat)."""
-        return 0 if self.arch == "mlp" else self.max_resolution.bit_length() - 3
+        """The top level: resolution = 4 * 2^lod (0 for the mlp and point clouds, which do not grow)."""
+        return 0 if self.arch in FLAT_ARCHITECTURES else self.max_resolution.bit_length() - 3

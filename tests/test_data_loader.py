@@ -1,5 +1,6 @@
 """The training stream and the eval pass, on a data set whose pixels say which sample they are."""
 
+import dataclasses
 import itertools
 import json
 import os
@@ -17,8 +18,8 @@ from process_helpers import rendezvous_env, run_together
 
 from sivae.core.config import ConfigError, dump_yaml
 from sivae.core.run_dir import RunDir
+from sivae.data_pipeline import layouts as layouts_module
 from sivae.data_pipeline import loader as loader_module
-from sivae.data_pipeline import shards as shards_module
 from sivae.data_pipeline.bench import stream_cpu_row
 from sivae.data_pipeline.build import BuildOptions, build_dataset
 from sivae.data_pipeline.config import DataConfig
@@ -124,13 +125,13 @@ def test_global_batch_k_is_local_batch_k_div_w_of_worker_k_mod_w(data):
 
 def test_skipping_to_the_start_decodes_nothing_before_it(data, monkeypatch):
     decoded = []
-    real = shards_module.decode
+    real = layouts_module.IMAGES.decode
 
     def counting(*args):
         decoded.append(1)
         return real(*args)
 
-    monkeypatch.setattr(shards_module, "decode", counting)
+    monkeypatch.setitem(layouts_module.LAYOUTS, "images", dataclasses.replace(layouts_module.IMAGES, decode=counting))
     next(iter(TrainStream(data, 8, B, workers=0, start_batch=5000)))
     assert len(decoded) == B
 

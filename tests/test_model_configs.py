@@ -24,8 +24,9 @@ def test_config_loads_and_builds_its_model(path):
     with torch.device("meta"):  # sizes only: no memory for the large ones
         model = build_model(cfg.model)
     top = cfg.train.schedule[-1].resolution
-    if top is None:  # flat data that does not grow (the 2D study's run)
-        assert model.data_shape == (cfg.model.data_dim,) and len(cfg.train.schedule) == 1
+    if top is None:  # data that does not grow (the 2D study's run, point clouds)
+        flat = (cfg.model.points, 3) if cfg.data.kind == "points" else (cfg.model.data_dim,)
+        assert model.data_shape == flat and len(cfg.train.schedule) == 1
         return
     assert model.data_shape == (cfg.model.image_channels, top, top)
     assert all(model.data_shape_at(model.max_lod - k)[1] == top >> k for k in range(len(cfg.train.schedule)))

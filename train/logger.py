@@ -83,5 +83,10 @@ class Logger:
         self.writer.add_image(tag, torch.from_numpy(array), images, dataformats="HWC")
         self.writer.flush()
 
+    def write_point_clouds(self, tag: str, points: torch.Tensor, images: int) -> None:
+        """Point clouds [B, N, 3] for TensorBoard's 3D mesh/point-cloud view (no file of their own)."""
+        self.writer.add_mesh(tag, vertices=points.detach().float().cpu(), global_step=images)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()

@@ -49,6 +49,8 @@ class HostBatch:
 class SampleWriter(Protocol):
     def write_image(self, tag: str, array, images: int) -> None: ...
 
+    def write_point_clouds(self, tag: str, points: Tensor, images: int) -> None: ...
+
 
 class Modality(Protocol):
     digest: str  # identifies the data trained on (a change between resumes is reported)
@@ -66,6 +68,7 @@ class Modality(Protocol):
 MODALITIES = {
     "images": "sivae.train.image_modality:ImageModality",
     "toy2d": "sivae.train.toy2d.modality:Toy2DModality",
+    "points": "sivae.train.point_modality:PointModality",
 }
 
 

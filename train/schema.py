@@ -25,7 +25,7 @@ class ObjectiveConfig:
     # an objective registered in train.phases (train.steps registers soft-intro, intro and vae); `sivae train`
     # refuses other names before any work
     name: str = "soft-intro"
-    reconstruction: Literal["mse", "bce"] = "mse"
+    reconstruction: Literal["mse", "bce", "chamfer"] = "mse"  # chamfer: point clouds
     beta_rec: float = 1.0
     beta_kl: float = 1.0
     beta_neg: float = 1.0
@@ -162,8 +162,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)  # read back by `sivae eval` from each snapshot
 
     def __post_init__(self) -> None:
-        if self.model.arch != "mlp":
-            top = self.train.schedule[-1].resolution
+        top = self.train.schedule[-1].resolution
+        if self.model.arch != "mlp" and top is not None:
             require(
                 top <= self.model.max_resolution,
                 "train.schedule",
