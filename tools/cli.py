@@ -172,12 +172,15 @@ def _generate(tool, args: argparse.Namespace) -> str:
         raise ValueError("--truncation-cutoff needs --truncation")
     summary = generate(tool, seeds, args.out, truncation_psi=args.truncation, cutoff=args.truncation_cutoff,
                        grid=args.grid, html=args.html)
-    return f"{len(summary.get('samples', []))} samples at {tool.resolution}px in {args.out}"
+    return f"{len(summary.get('samples', []))} samples at {tool.size_text} in {args.out}"
 
 
 def _input_images(tool, args: argparse.Namespace):
-    from sivae.tools.session import read_image_files
+    from sivae.tools.session import ToolError, read_image_files
 
+    if tool.kind.name != "images":
+        raise ToolError(f"image files are inputs of image models; {args.model} is a {tool.kind.name} model: "
+                        "give --data DATA_DIR (a built data set) or --seeds")
     return read_image_files(args.images, tool.resolution, tool.loaded.config.model.max_resolution,
                             non_square=args.non_square, upsample=args.upsample)
 
@@ -202,7 +205,7 @@ def _reconstruct(tool, args: argparse.Namespace) -> str:
         return ""
     names = measured_names(summary["per_image"])
     scored = ", ".join(f"{name} {summary[name]:.4g}" for name in names)
-    lines = [*notes, f"{summary['images']} samples at {tool.resolution}px: {scored} (encoder alone, "
+    lines = [*notes, f"{summary['images']} samples at {tool.size_text}: {scored} (encoder alone, "
                      f"{summary['encoder_seconds_per_image']:.4f} s/sample)"]
     if args.refine_steps:
         refined = ", ".join(f"{name} {summary['refined_' + name]:.4g}" for name in names)

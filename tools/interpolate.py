@@ -49,6 +49,6 @@ def interpolate(tool: ToolModel, endpoints: Tensor, names: list[str], out: Path,
         if animation:
             figures.append((animation, f"{'spherical' if space == 'z' else 'linear'} interpolation in {space}"))
         write_index(out, f"Interpolation by {tool.loaded.path.name}", figures,
-                    [f"{tool.resolution}px, {'spherical in z' if space == 'z' else 'linear in w'}, {steps} frames "
+                    [f"{tool.size_text}, {'spherical in z' if space == 'z' else 'linear in w'}, {steps} frames "
                      f"per segment"])
     return summary

@@ -9,12 +9,16 @@ import torch
 from torch import Tensor
 
 from sivae.core.images import to_uint8
+from sivae.core.points import chamfer_distance, render_point_clouds
 from sivae.eval.context import EvalContext
 from sivae.eval.measures import psnr, ssim
 
 
 class ImageKind:
+    """Images (data.kind images): pictures are the images, the error the pixel MSE, the scores PSNR and SSIM."""
+
     name = "images"
+    arrays = False  # whether a generated sample is also saved as its raw array (.npy)
     primary = "psnr"  # the score whose gain a refinement reports
     higher_is_better = True
 
@@ -45,7 +49,38 @@ class ImageKind:
         return {"psnr": psnr(x, y).numpy(), "ssim": ssim(x, y).numpy()}
 
 
-KINDS = {"images": ImageKind}
+class PointKind:
+    """Point clouds [B, N, 3] (data.kind points): pictures are renders, the error and score the Chamfer distance."""
+
+    name = "points"
+    arrays = True
+    primary = "chamfer"
+    higher_is_better = False
+
+    def model_input(self, ctx: EvalContext, batch: Tensor) -> Tensor:
+        return batch.to(ctx.env.device).float()
+
+    @torch.no_grad()
+    def reconstruct(self, ctx: EvalContext, batch: Tensor, keys: list[str]) -> Tensor:
+        mu, _ = ctx.encode(self.model_input(ctx, batch))
+        return ctx.model.decode(mu, ctx.loaded.lod, ctx.loaded.blend)
+
+    def shown_inputs(self, ctx: EvalContext, batch: Tensor) -> Tensor:
+        return self.pictures(batch)
+
+    def pictures(self, output: Tensor) -> Tensor:
+        return to_uint8(render_point_clouds(output))
+
+    def error(self, output: Tensor, target: Tensor) -> Tensor:
+        return chamfer_distance(output, target, reduce="mean")
+
+    def scores(self, ctx: EvalContext, batch: Tensor, output: Tensor) -> dict[str, np.ndarray]:
+        """The point-cloud literature's Chamfer distance (mean-reduced, both directions) of each shape."""
+        distance = chamfer_distance(self.model_input(ctx, batch), output.float(), reduce="mean")
+        return {"chamfer": distance.double().cpu().numpy()}
+
+
+KINDS = {"images": ImageKind, "points": PointKind}
 
 
 def kind_of(data_kind: str):

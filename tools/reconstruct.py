@@ -137,7 +137,7 @@ def reconstruct(tool: ToolModel, batches: Iterator[DataPart], out: Path, *, refi
                                              + (f" -> {r['refined_' + primary]:.4g}" if refine_steps else ""))
                                             for r in rows]
         write_index(out, f"Reconstructions by {tool.loaded.path.name}", figures,
-                    [f"{tool.resolution}px, {tool.loaded.kimg:g} kimg; {layout}", *notes])
+                    [f"{tool.size_text}, {tool.loaded.kimg:g} kimg; {layout}", *notes])
     return summary
 
 

@@ -59,7 +59,12 @@ class ToolModel:
 
     @property
     def resolution(self) -> int:
-        return self.loaded.resolution
+        """Image side in pixels, or the points of a point cloud (what `sivae eval` calls the resolution)."""
+        return self.context.resolution
+
+    @property
+    def size_text(self) -> str:
+        return f"{self.resolution} points" if self.kind.name == "points" else f"{self.resolution}px"
 
     @property
     def arch(self) -> str:
@@ -125,6 +130,8 @@ def open_model(path: Path, env: DistEnv, options: ToolOptions, out_dir: Path | N
     A lower level of a progressive model is taken at blend 1; a level above the one it reached was never
     trained and is refused, as is any other resolution of a model that does not grow."""
     loaded = load_model(path, env.device)  # LoadError names the path
+    if resolution is not None and loaded.resolution is None:
+        raise ToolError(f"--resolution {resolution}: {path} has no levels (data.kind {loaded.config.data.kind})")
     if resolution is not None and resolution != loaded.resolution:
         if resolution < 4 or resolution & (resolution - 1):
             raise ToolError(f"--resolution {resolution}: not a level (levels are powers of two from 4px)")
