@@ -22,12 +22,17 @@ demo: install data
 test: install test-deps
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q
 
-# What the launch tests need beyond Python packages. The real-Slurm test runs munged, slurmctld and slurmd from
-# Debian's packages: installed where we are root with apt-get (elsewhere that test skips, saying why). DeepSpeed
-# builds a CPU op at its first distributed start (~1 min): built once here, not by ranks racing each other.
+# What the tests need beyond Python packages. The real-Slurm test runs munged, slurmctld and slurmd from Debian's
+# packages, the emoji and emoji-poses tests the Noto Color Emoji font: installed where we are root with apt-get
+# (elsewhere those tests skip, saying why). DeepSpeed builds a CPU op at its first distributed start (~1 min):
+# built once here, not by ranks racing each other.
 test-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v slurmctld >/dev/null; then \
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge; \
+	fi
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]; then \
+		apt-get install -y -qq --no-install-recommends fonts-noto-color-emoji || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends fonts-noto-color-emoji; }; \
 	fi
 	OMP_NUM_THREADS=1 $(PYTHON) -m sivae launch prepare
 

@@ -1,5 +1,5 @@
 """The tools on a point-cloud model: rendered pictures, raw arrays and Chamfer scores, checked against the
-model's own decode, core.points and `sivae eval`'s points_recon metric."""
+model's own decode, core.points and `sivae eval`'s points_recon metric; and the nightly job on its run."""
 
 from __future__ import annotations
 
@@ -37,9 +37,12 @@ def setup(tmp_path_factory):
     run = load_config(RunConfig, config)
     torch.manual_seed(0)
     model = build_model(run.model)
-    snapshot = write_snapshot(root / "snapshots", images=64, config=to_dict(run), lod=None, blend=1.0,
-                              resolution=None, networks={n: model.network(n).state_dict() for n in model.networks})
-    return {"data": data, "snapshot": snapshot}
+    (root / "runs" / "points").mkdir(parents=True)
+    (root / "runs" / "points" / "config.yaml").write_text(yaml.safe_dump(to_dict(run)))
+    networks = {n: model.network(n).state_dict() for n in model.networks}
+    snapshot = write_snapshot(root / "runs" / "points" / "snapshots", images=64, config=to_dict(run), lod=None,
+                              blend=1.0, resolution=None, networks=networks)
+    return {"data": data, "snapshot": snapshot, "runs": root / "runs"}
 
 
 def sivae(*args) -> int:
@@ -94,3 +97,14 @@ def test_interpolation_and_encode_work_and_image_only_tools_say_why_not(setup, t
     (tmp_path / "a.png").write_bytes(b"")
     assert sivae("reconstruct", snap, "--out", tmp_path / "x", tmp_path / "a.png") == 1
     assert "give --data" in capsys.readouterr().err
+
+
+def test_the_nightly_job_scores_a_point_cloud_run_with_its_metrics(setup, tmp_path):
+    runs = setup["runs"]
+    assert sivae("eval", "nightly", runs, "--report", tmp_path / "report", "--no-progress") == 0
+    lines = [json.loads(line) for line in (runs / "points" / "eval" / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["status"] == "ok"
+    result = lines[0]["metrics"]
+    for key in ("jsd", "mmd_cd", "cov_cd", "1nna_cd", "recon_cd"):
+        assert key in result, key
+    assert "jsd" in (tmp_path / "report" / "report.md").read_text().lower()
