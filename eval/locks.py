@@ -9,8 +9,8 @@ atomic on local disks, NFSv3+ and Lustre, so the lock is the file itself, holdin
 The holder rewrites its heartbeat every `heartbeat_s` from a thread. A lock is stale when its holder
 is a process of this host that no longer exists, or when its heartbeat is older than `stale_after_s`
 (times are the hosts' wall clocks: keep the timeout far above the cluster's clock skew). A stale lock
-is taken over by renaming it to a name of the taker's own (of several takers, one rename wins) and
-creating the lock afresh; a taker that finds it has moved a live lock puts it back.
+is taken over one taker at a time (a create-exclusive guard file beside it): the taker re-reads it, moves
+it to a name of its own and creates the lock afresh (of several creators, one O_EXCL create wins).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
+GUARD_STALE_S = 60.0  # a takeover guard older than this was left by a taker that died (a takeover takes ms)
 
 
 @dataclass(frozen=True)
@@ -108,17 +109,41 @@ class FileLock:
         return now - info.heartbeat > self.stale_after_s
 
     def _take_over(self, stale: LockInfo | None) -> None:
-        """Move the stale lock out of the way; if what was moved is not the stale one read, put it back."""
-        grave = self.path.with_name(f"{self.path.name}.stale-{self.token}")
+        """Move the stale lock read (`stale`) out of the way, one taker at a time.
+
+        Takers take turns through a guard file (PATH.takeover, create-exclusive like the lock) and re-read
+        the lock under it: a taker that read the stale lock before another replaced it with a live one
+        sees the live one and leaves it. Without the guard, moving a live lock aside to put it back leaves
+        the path free for a moment, and a third process could create the lock then: two holders.
+        """
+        guard = self.path.with_name(f"{self.path.name}.takeover")
         try:
-            os.rename(self.path, grave)
-        except FileNotFoundError:
-            return  # released, or another taker was first
-        moved = read_lock(grave)
-        if stale is not None and moved is not None and moved.token != stale.token:
-            with contextlib.suppress(FileExistsError):
-                os.link(grave, self.path)  # a live lock, created after our read: restored (unless replaced)
-        grave.unlink(missing_ok=True)
+            os.close(os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            with contextlib.suppress(FileNotFoundError):  # a guard its taker died holding: cleared by age
+                if time.time() - guard.stat().st_mtime > GUARD_STALE_S:
+                    guard.unlink(missing_ok=True)
+            return  # another taker is at it
+        try:
+            current = read_lock(self.path)
+            same = (current is None and stale is None) or (current is not None and stale is not None
+                                                            and current.token == stale.token)
+            if not same or not self.stale(current):
+                return
+            grave = self.path.with_name(f"{self.path.name}.stale-{self.token}")
+            try:
+                os.rename(self.path, grave)
+            except FileNotFoundError:
+                return  # its holder released it
+            moved = read_lock(grave)
+            if stale is not None and moved is not None and moved.token != stale.token:
+                # the 'stale' holder was alive, released, and someone locked again between our read and the
+                # rename (microseconds): put the live lock back
+                with contextlib.suppress(FileExistsError):
+                    os.link(grave, self.path)
+            grave.unlink(missing_ok=True)
+        finally:
+            guard.unlink(missing_ok=True)
 
     def acquire(self) -> bool:
         """Hold the lock if it is free or stale (taking it over); False if a live process holds it."""

@@ -143,3 +143,18 @@ def test_one_rank_failing_mid_evaluation_ends_that_snapshot_on_both_and_the_next
     assert records["snapshot-000000002000.pt"]["status"] == "ok"
     assert records["snapshot-000000002000.pt"]["extractor"] == "standin-randconv-v1"
     assert "FAILED r/snapshot-000000001000.pt: rank 1: RuntimeError" in outputs[0]
+
+
+def test_a_takeover_guard_left_by_a_dead_taker_is_cleared_by_age(tmp_path):
+    path = tmp_path / "run.lock"
+    write_foreign_lock(path, "node-that-died", 1234, time.time() - 3600)
+    guard = tmp_path / "run.lock.takeover"
+    guard.write_text("")
+    assert not FileLock(path).acquire()  # a fresh guard: another taker is at it, the stale lock stays
+    assert read_lock(path).token == "theirs"
+    old = time.time() - 3600
+    os.utime(guard, (old, old))
+    lock = FileLock(path)
+    lock.wait(timeout_s=5)
+    assert lock.held and read_lock(path).token == lock.token and not guard.exists()
+    lock.release()
