@@ -52,7 +52,7 @@ def main() -> None:
         started = time.perf_counter()
         for batch in batches:
             if steps == 0:
-                output = tool.kind.reconstruct(tool.context, batch.images, batch.keys)
+                output = tool.context.reconstruct(batch.images, batch.keys)
             else:
                 output = refine_latents(tool, batch.images, batch.keys, steps, space=args.space, lr=args.lr)
             measured = tool.kind.scores(tool.context, batch.images, output)

@@ -33,6 +33,12 @@ def _upright_cylinder(radius: float, height: float, at: tuple[float, float, floa
     return _moved(mesh, *at)
 
 
+def _four_legs(side: float, height: float, width: float, depth: float) -> list:
+    """Square legs from the floor to `height` at the corners of a width x depth top."""
+    return [_box((side, height, side), (sx * (width / 2 - side), height / 2, sz * (depth / 2 - side)))
+            for sx in (-1, 1) for sz in (-1, 1)]
+
+
 def _chair(rng: np.random.Generator) -> list:
     width, depth = rng.uniform(0.8, 1.1), rng.uniform(0.8, 1.1)
     seat_h, seat_t = rng.uniform(0.8, 1.1), rng.uniform(0.06, 0.12)
@@ -40,10 +46,7 @@ def _chair(rng: np.random.Generator) -> list:
     back_h = rng.uniform(0.7, 1.2)
     parts = [_box((width, seat_t, depth), (0, seat_h, 0)),
              _box((width, back_h, seat_t), (0, seat_h + back_h / 2, -depth / 2 + seat_t / 2))]
-    for sx in (-1, 1):
-        for sz in (-1, 1):
-            parts.append(_box((leg, seat_h, leg), (sx * (width / 2 - leg), seat_h / 2, sz * (depth / 2 - leg))))
-    return parts
+    return parts + _four_legs(leg, seat_h, width, depth)
 
 
 def _table(rng: np.random.Generator) -> list:
@@ -55,10 +58,7 @@ def _table(rng: np.random.Generator) -> list:
         parts.append(_upright_cylinder(rng.uniform(0.3, 0.45), 0.05, (0, 0.025, 0)))
         return parts
     leg = rng.uniform(0.06, 0.1)
-    for sx in (-1, 1):
-        for sz in (-1, 1):
-            parts.append(_box((leg, height, leg), (sx * (width / 2 - leg), height / 2, sz * (depth / 2 - leg))))
-    return parts
+    return parts + _four_legs(leg, height, width, depth)
 
 
 def _lamp(rng: np.random.Generator) -> list:

@@ -109,7 +109,10 @@ class EvalContext:
         return self.model.encode(x, self.loaded.lod, self.loaded.blend)
 
     def as_model_input(self, images: Tensor) -> Tensor:
-        """uint8 data -> what the model saw in training at its level: [-1, 1], faded by its blend."""
+        """Data as stored -> what the model saw in training: images (uint8) in [-1, 1] at its level, faded by
+        its blend; point clouds (float coordinates) as they are, on the device."""
+        if self.loaded.config.data.kind == "points":
+            return images.to(self.env.device, torch.float32)
         return fade_real_images(to_unit_range(images).to(self.env.device), self.loaded.blend)
 
     @torch.no_grad()
@@ -130,7 +133,8 @@ class EvalContext:
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor, keys: list[str]) -> Tensor:
-        """Reconstructions (decoded posterior means) in [-1, 1]; decoder noise seeded by the batch's first key."""
+        """Reconstructions (decoded posterior means; images in [-1, 1]); decoder noise seeded by the batch's first
+        key."""
         device = self.env.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(key_seed(self.options.seed, keys[0] if keys else ""))

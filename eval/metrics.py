@@ -328,16 +328,15 @@ def point_generation(ctx: EvalContext) -> dict[str, Any]:
 @metric("points_recon", kinds=("points",))
 @torch.no_grad()
 def point_reconstruction(ctx: EvalContext) -> dict[str, Any]:
-    opts, device = ctx.options, ctx.env.device
+    opts = ctx.options
     distances, shown, unreadable = [np.zeros(0)], [], 0
     wanted = opts.grid_images // 2
     # shown: shapes evenly spaced over the split (its shards hold a class after another)
     count = ctx.split_count(ctx.manifest(ctx.data_dir, opts.test_split), opts.test_split, opts.test_count)
     stride, position = max(1, count // max(1, wanted)), 0
     for data in ctx.data_parts(ctx.data_dir, opts.test_split, opts.test_count, desc="reconstructions"):
-        x = data.images.to(device)
-        mu, _ = ctx.encode(x)
-        reconstructions = ctx.model.decode(mu, ctx.loaded.lod, ctx.loaded.blend)
+        x = ctx.as_model_input(data.images)
+        reconstructions = ctx.reconstruct(data.images, data.keys)
         distances.append(chamfer_distance(x, reconstructions).double().cpu().numpy())
         unreadable += data.unreadable
         for pair in zip(x.cpu(), reconstructions.cpu()):

@@ -30,15 +30,19 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("pointcloud")
+def tiny_point_set(root: Path, per_class: int, test_fraction: float) -> tuple[Path, Path]:
+    """A shapes3d set of 32-point clouds under `root` and the TINY run config (a YAML file) trained on it."""
     data = root / "shapes"
-    build_dataset(parse_source("shapes3d:3"), data, BuildOptions(points=32, test_fraction=0.2, workers=0),
-                  progress=False)
+    build_dataset(parse_source(f"shapes3d:{per_class}"), data,
+                  BuildOptions(points=32, test_fraction=test_fraction, workers=0), progress=False)
     config = root / "tiny_points.yaml"
     config.write_text(yaml.safe_dump({**TINY, "data": {**TINY["data"], "path": str(data)}}))
     return config, data
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path]:
+    return tiny_point_set(tmp_path_factory.mktemp("pointcloud"), 3, 0.2)
 
 
 def train(config: Path, run_dir: Path, kimg: float) -> int:

@@ -10,15 +10,13 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from test_point_training import TINY
+from test_point_training import tiny_point_set
 
 from sivae.core.config import load_config, to_dict
 from sivae.core.images import to_uint8
 from sivae.core.points import chamfer_distance, render_point_clouds
 from sivae.core.snapshot import write_snapshot
-from sivae.data_pipeline.build import BuildOptions, build_dataset
 from sivae.data_pipeline.loader import eval_batches
-from sivae.data_pipeline.sources import parse_source
 from sivae.eval.loading import load_model
 from sivae.eval.runner import evaluate
 from sivae.launch.cli import main as sivae_main
@@ -29,11 +27,7 @@ from sivae.train.schema import RunConfig
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("tools-points")
-    data = root / "shapes"
-    build_dataset(parse_source("shapes3d:4"), data, BuildOptions(points=32, test_fraction=0.25, workers=0),
-                  progress=False)
-    config = root / "run.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "data": {**TINY["data"], "path": str(data)}}))
+    config, data = tiny_point_set(root, 4, 0.25)
     run = load_config(RunConfig, config)
     torch.manual_seed(0)
     model = build_model(run.model)

@@ -1,11 +1,11 @@
-"""What the tools do differently per kind of data (the run config's `data.kind`): model inputs, pictures of
-outputs, the refinement's error and the reconstruction scores. A new kind is one class and one entry in `KINDS`.
+"""What the tools do differently per kind of data (the run config's `data.kind`): pictures of outputs, the
+refinement's error and the reconstruction scores (model inputs and reconstructions are the eval context's,
+which knows the kinds). A new kind is one class and one entry in `KINDS`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from sivae.core.images import to_uint8
@@ -21,15 +21,6 @@ class ImageKind:
     arrays = False  # whether a generated sample is also saved as its raw array (.npy)
     primary = "psnr"  # the score whose gain a refinement reports
     higher_is_better = True
-
-    def model_input(self, ctx: EvalContext, batch: Tensor) -> Tensor:
-        """uint8 data -> what the model saw in training at its level (device, [-1, 1], faded in)."""
-        return ctx.as_model_input(batch)
-
-    @torch.no_grad()
-    def reconstruct(self, ctx: EvalContext, batch: Tensor, keys: list[str]) -> Tensor:
-        """Decoded posterior means, as `sivae eval` reconstructs (its seeded noise)."""
-        return ctx.reconstruct(batch, keys)
 
     def shown_inputs(self, ctx: EvalContext, batch: Tensor) -> Tensor:
         """uint8 pictures of the inputs as the model saw them (mid-fade: faded)."""
@@ -57,14 +48,6 @@ class PointKind:
     primary = "chamfer"
     higher_is_better = False
 
-    def model_input(self, ctx: EvalContext, batch: Tensor) -> Tensor:
-        return batch.to(ctx.env.device).float()
-
-    @torch.no_grad()
-    def reconstruct(self, ctx: EvalContext, batch: Tensor, keys: list[str]) -> Tensor:
-        mu, _ = ctx.encode(self.model_input(ctx, batch))
-        return ctx.model.decode(mu, ctx.loaded.lod, ctx.loaded.blend)
-
     def shown_inputs(self, ctx: EvalContext, batch: Tensor) -> Tensor:
         return self.pictures(batch)
 
@@ -76,7 +59,7 @@ class PointKind:
 
     def scores(self, ctx: EvalContext, batch: Tensor, output: Tensor) -> dict[str, np.ndarray]:
         """The point-cloud literature's Chamfer distance (mean-reduced, both directions) of each shape."""
-        distance = chamfer_distance(self.model_input(ctx, batch), output.float(), reduce="mean")
+        distance = chamfer_distance(ctx.as_model_input(batch), output.float(), reduce="mean")
         return {"chamfer": distance.double().cpu().numpy()}
 
 

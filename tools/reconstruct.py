@@ -31,7 +31,7 @@ def refine_latents(tool: ToolModel, images: Tensor, keys: list[str], steps: int,
     ctx, model = tool.context, tool.model
     if space == "w":
         tool.require_style("refinement in w")
-    target = tool.kind.model_input(ctx, images)
+    target = ctx.as_model_input(images)
     with torch.no_grad():
         mu, _ = ctx.encode(target)
         start = tool.styles(mu) if space == "w" else mu
@@ -85,7 +85,7 @@ def reconstruct(tool: ToolModel, batches: Iterator[DataPart], out: Path, *, refi
     kind = tool.kind
     for data in batches:
         started = time.perf_counter()
-        encoded = kind.reconstruct(ctx, data.images, data.keys)
+        encoded = ctx.reconstruct(data.images, data.keys)
         seconds["encoder"] += time.perf_counter() - started
         outputs = [encoded]
         if refine_steps:

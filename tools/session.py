@@ -116,7 +116,7 @@ class ToolModel:
     @torch.no_grad()
     def encode(self, batch: Tensor) -> tuple[Tensor, Tensor]:
         """(mu, logvar) of a batch as the data stores it (images: uint8, faded in at this level as in training)."""
-        return self.context.encode(self.kind.model_input(self.context, batch))
+        return self.context.encode(self.context.as_model_input(batch))
 
     def pictures(self, output: Tensor) -> Tensor:
         """uint8 pictures [B, 3, H, W] (CPU) of decoder outputs."""
