@@ -9,6 +9,9 @@ through the single-process backend with the run config's Adam, and the EMA updat
 of --warmup iterations, then the mean of --iters timed ones; sides alternate, level by level, over
 --rounds rounds, and the medians' ratio (official s/iteration over ours: > 1 means sivae is faster) is
 printed. The official code has no mixed precision: it always runs fp32; sivae runs each --precision.
+`--baseline DIR` adds an earlier sivae as a third side ("before"), DIR being where it was installed with
+`pip install --no-deps --target DIR CHECKOUT` (its children import sivae from DIR; the config is this
+checkout's), so that a change is measured against the official code and against itself in one session.
 
 2D toy: the official `soft_intro_vae_2d/main.py` on a preset against `sivae toy2d` on the same one,
 without the VAE warm-up, at --toy-short and --toy-long iterations; iterations per second are
@@ -158,48 +161,59 @@ def run_child(args: argparse.Namespace) -> None:
 # The orchestrator
 
 
+def side_env(args: argparse.Namespace, side: str, threads: int) -> dict[str, str]:
+    """A child's environment: its thread count and, for the "before" side, the earlier sivae first on the path."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if side == "before":
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.baseline), env.get("PYTHONPATH")]))
+    return env
+
+
+def sides_of(args: argparse.Namespace) -> list[str]:
+    return ["official", *(["before"] if args.baseline else []), "sivae"]
+
+
 def measure(args: argparse.Namespace, side: str, level: int, precision: str) -> float:
-    command = [sys.executable, __file__, "--child", side, "--level", str(level), "--child-precision", precision,
-               "--batch", str(args.batch), "--threads", str(args.threads), "--warmup", str(args.warmup),
-               "--iters", str(args.iters)]  # fmt: skip
+    command = [sys.executable, __file__, "--child", "official" if side == "official" else "sivae",
+               "--level", str(level), "--child-precision", precision, "--batch", str(args.batch),
+               "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters)]  # fmt: skip
     if args.reference:
         command += ["--reference", str(args.reference)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.run(command, capture_output=True, text=True, env=side_env(args, side, args.threads), cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{side} at {level}px failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
 
 
 def style_table(args: argparse.Namespace) -> None:
-    sides = [("official", "fp32")] + [("sivae", p) for p in args.precision]
+    ours = [side for side in sides_of(args) if side != "official"]
+    runs = [("official", "fp32")] + [(side, p) for p in args.precision for side in ours]
     times: dict[tuple[int, str, str], list[float]] = {}
     for round_number in range(args.rounds):
         for level in args.levels:
-            for side, precision in sides:
+            for side, precision in runs:
                 seconds = measure(args, side, level, precision)
                 times.setdefault((level, side, precision), []).append(seconds)
                 print(f"round {round_number + 1}/{args.rounds} {level}px {side} {precision}: {seconds:.3f} s/it",
                       flush=True)
     print(f"\n# style model (FFHQ-256), batch {args.batch}, {args.threads} threads, blend 1, EMA included; "
           f"median of {args.rounds} fresh processes, {args.warmup} warm-up + {args.iters} timed iterations each; "
-          f"load average {os.getloadavg()[0]:.2f}")
-    header = " | ".join(f"sivae {p} s/it | official / sivae {p}" for p in args.precision)
+          f"load average {os.getloadavg()[0]:.2f}; official / X > 1: X is faster than the official code")
+    header = " | ".join(f"{side} {p} s/it | official / {side} {p}" for side, p in runs[1:])
     print(f"| level | official fp32 s/it | {header} |")
-    print("|---" * (2 + 2 * len(args.precision)) + "|")
+    print("|---" * (2 + 2 * (len(runs) - 1)) + "|")
     for level in args.levels:
         official = statistics.median(times[(level, "official", "fp32")])
         cells = []
-        for precision in args.precision:
-            ours = statistics.median(times[(level, "sivae", precision)])
-            cells.append(f"{ours:.3f} | {official / ours:.2f}")
+        for side, precision in runs[1:]:
+            seconds = statistics.median(times[(level, side, precision)])
+            cells.append(f"{seconds:.3f} | {official / seconds:.2f}")
         print(f"| {level}px | {official:.3f} | {' | '.join(cells)} |")
 
 
-def toy_wall_time(command: list[str], threads: int, cwd: str) -> float:
+def toy_wall_time(command: list[str], env: dict[str, str], cwd: str) -> float:
     start = time.perf_counter()
-    subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, cwd=cwd, check=True,
-                   capture_output=True)
+    subprocess.run(command, env=env, cwd=cwd, check=True, capture_output=True)
     return time.perf_counter() - start
 
 
@@ -212,11 +226,10 @@ def toy_rate(side: str, args: argparse.Namespace, threads: int) -> float:
             if side == "official":
                 command = [sys.executable, str(args.reference / "soft_intro_vae_2d" / "main.py"), *official_args,
                            "-n", str(iters), "-v", "0", "-s", "0"]
-                seconds[iters] = toy_wall_time(command, threads, tmp)
             else:
                 command = [sys.executable, "-m", "sivae", "toy2d", "--dataset", preset, "--objective", "soft-intro",
                            "--out", f"{tmp}/out", "--iters", str(iters), "--no-progress", "vae_warmup_iters=0"]
-                seconds[iters] = toy_wall_time(command, threads, tmp)
+            seconds[iters] = toy_wall_time(command, side_env(args, side, threads), tmp)
     return (args.toy_long - args.toy_short) / (seconds[args.toy_long] - seconds[args.toy_short])
 
 
@@ -224,24 +237,27 @@ def toy_table(args: argparse.Namespace) -> None:
     rates: dict[tuple[str, int], list[float]] = {}
     for round_number in range(args.rounds):
         for threads in args.toy_threads:
-            for side in ("official", "sivae"):
+            for side in sides_of(args):
                 rate = toy_rate(side, args, threads)
                 rates.setdefault((side, threads), []).append(rate)
                 print(f"round {round_number + 1}/{args.rounds} toy {threads} threads {side}: {rate:.2f} it/s",
                       flush=True)
     print(f"\n# 2D toy ({args.toy_preset}, Soft-IntroVAE phase, no VAE warm-up), it/s from {args.toy_short} and "
           f"{args.toy_long} iterations, median of {args.rounds}; load average {os.getloadavg()[0]:.2f}")
-    print("| threads | official it/s | sivae it/s | sivae / official |")
-    print("|---|---|---|---|")
+    ours = sides_of(args)[1:]
+    print("| threads | official it/s | " + " | ".join(f"{side} it/s | {side} / official" for side in ours) + " |")
+    print("|---" * (2 + 2 * len(ours)) + "|")
     for threads in args.toy_threads:
         official = statistics.median(rates[("official", threads)])
-        ours = statistics.median(rates[("sivae", threads)])
-        print(f"| {threads} | {official:.2f} | {ours:.2f} | {ours / official:.2f} |")
+        cells = [f"{statistics.median(rates[(side, threads)]):.2f} | "
+                 f"{statistics.median(rates[(side, threads)]) / official:.2f}" for side in ours]
+        print(f"| {threads} | {official:.2f} | {' | '.join(cells)} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", type=Path, help="a checkout of taldatech/soft-intro-vae-pytorch")
+    parser.add_argument("--baseline", type=Path, help="an earlier sivae installed with pip install --target DIR")
     parser.add_argument("--levels", type=int, nargs="+", default=[4, 16, 32, 64])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)

@@ -5,6 +5,12 @@ A weight drawn from N(0, 1) and multiplied in the forward pass by He's constant
 moves at the same relative speed under Adam whatever its fan-in. An lr multiplier `m` (the
 mapping networks use 0.1) stores the weight as N(0, 1/m) and multiplies by `m` at run time, so its
 effective learning rate is m times the optimizer's; biases are multiplied by `m` too.
+
+The scale multiplies the layer's input, not its weight: the product is the same (the layers are
+linear), the multiply costs the size of the activations instead of the weight's, and the weight
+reaching the kernel is the stored parameter itself. On the CPU a convolution given a freshly
+computed weight ran 3x slower than on a stored one (512 channels at 4x4, batch 8: 10.5 against
+3.3 ms), and autocast caches its low-precision copy only of a stored weight.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ class EqualizedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         bias = None if self.bias is None else self.bias * self.lr_mult
-        return F.linear(x, self.weight * self.weight_scale, bias)
+        return F.linear(x * self.weight_scale, self.weight, bias)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]} -> {self.weight.shape[0]}, lr_mult={self.lr_mult}"
@@ -62,15 +68,14 @@ class EqualizedConv2d(nn.Module):
         self.padding = kernel_size // 2
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight * self.weight_scale
         if self.resample is None:
-            return F.conv2d(x, w, self.bias, padding=self.padding)
+            return F.conv2d(x * self.weight_scale, self.weight, self.bias, padding=self.padding)
         # the 3x3 kernel convolved with a 2x2 box: the sum of its four shifted copies in a 4x4 frame
-        w = F.pad(w, (1, 1, 1, 1))
+        w = F.pad(self.weight, (1, 1, 1, 1))
         w = w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
-        if self.resample == "down":
-            return F.conv2d(x, w * 0.25, self.bias, stride=2, padding=1)
-        return F.conv_transpose2d(x, w, self.bias, stride=2, padding=1)
+        if self.resample == "down":  # the box's 1/4 joins the scale
+            return F.conv2d(x * (self.weight_scale * 0.25), w, self.bias, stride=2, padding=1)
+        return F.conv_transpose2d(x * self.weight_scale, w, self.bias, stride=2, padding=1)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, resample={self.resample}"
