@@ -9,9 +9,11 @@ through the single-process backend with the run config's Adam, and the EMA updat
 of --warmup iterations, then the mean of --iters timed ones; sides alternate, level by level, over
 --rounds rounds, and the medians' ratio (official s/iteration over ours: > 1 means sivae is faster) is
 printed. The official code has no mixed precision: it always runs fp32; sivae runs each --precision.
-`--baseline DIR` adds an earlier sivae as a third side ("before"), DIR being where it was installed with
-`pip install --no-deps --target DIR CHECKOUT` (its children import sivae from DIR; the config is this
-checkout's), so that a change is measured against the official code and against itself in one session.
+`--official-kept` adds the official code run with sivae's allocator setting (glibc keeps freed blocks, as
+core.host_memory sets it), to tell that setting's share of a speed-up from the rest. `--baseline DIR` adds
+an earlier sivae as a side ("before"), DIR being where it was installed with `pip install --no-deps
+--target DIR CHECKOUT` (its children import sivae from DIR; the config is this checkout's), so that a
+change is measured against the official code and against itself in one session.
 
 2D toy: the official `soft_intro_vae_2d/main.py` on a preset against `sivae toy2d` on the same one,
 without the VAE warm-up, at --toy-short and --toy-long iterations; iterations per second are
@@ -39,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOW_TO_GET_IT = ("benchmarks/vs_reference.py needs a checkout of the official code: git clone "
                  "https://github.com/taldatech/soft-intro-vae-pytorch PATH, then --reference PATH (and pip "
                  "install -e '.[bench]' for yacs, its config system)")  # fmt: skip
+KEPT_BYTES = 1 << 30  # core.host_memory.keep_freed_memory's default threshold
 # the official 8Gaussians preset (its main.py's recommended hyper-parameters) and sivae's toy2d preset name
 TOY_PRESETS = {"8Gaussians": (["-d", "8Gaussians", "-b", "512", "-k", "0.3", "-r", "0.2", "-e", "0.9", "-z", "2"],
                               "8gaussians")}
@@ -145,6 +148,10 @@ def run_child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.child == "sivae":
+        from sivae.core.host_memory import keep_freed_memory
+
+        keep_freed_memory()  # as `sivae train` does on the CPU (the "before" side did not)
     if args.child == "official":
         iteration = official_iteration(args.reference, args.level, args.batch)
     else:
@@ -164,17 +171,20 @@ def run_child(args: argparse.Namespace) -> None:
 def side_env(args: argparse.Namespace, side: str, threads: int) -> dict[str, str]:
     """A child's environment: its thread count and, for the "before" side, the earlier sivae first on the path."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if side == "official-kept":  # glibc's own tunables for what core.host_memory sets with mallopt
+        env.update(MALLOC_MMAP_THRESHOLD_=str(KEPT_BYTES), MALLOC_TRIM_THRESHOLD_=str(KEPT_BYTES))
     if side == "before":
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.baseline), env.get("PYTHONPATH")]))
     return env
 
 
 def sides_of(args: argparse.Namespace) -> list[str]:
-    return ["official", *(["before"] if args.baseline else []), "sivae"]
+    return ["official", *(["official-kept"] if args.official_kept else []), *(["before"] if args.baseline else []),
+            "sivae"]
 
 
 def measure(args: argparse.Namespace, side: str, level: int, precision: str) -> float:
-    command = [sys.executable, __file__, "--child", "official" if side == "official" else "sivae",
+    command = [sys.executable, __file__, "--child", "official" if side.startswith("official") else side,
                "--level", str(level), "--child-precision", precision, "--batch", str(args.batch),
                "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters)]  # fmt: skip
     if args.reference:
@@ -186,8 +196,9 @@ def measure(args: argparse.Namespace, side: str, level: int, precision: str) -> 
 
 
 def style_table(args: argparse.Namespace) -> None:
-    ours = [side for side in sides_of(args) if side != "official"]
-    runs = [("official", "fp32")] + [(side, p) for p in args.precision for side in ours]
+    ours = [side for side in sides_of(args) if not side.startswith("official")]
+    runs = [(side, "fp32") for side in sides_of(args) if side.startswith("official")]
+    runs += [(side, p) for p in args.precision for side in ours]
     times: dict[tuple[int, str, str], list[float]] = {}
     for round_number in range(args.rounds):
         for level in args.levels:
@@ -223,7 +234,7 @@ def toy_rate(side: str, args: argparse.Namespace, threads: int) -> float:
     seconds = {}
     for iters in (args.toy_short, args.toy_long):
         with tempfile.TemporaryDirectory() as tmp:
-            if side == "official":
+            if side.startswith("official"):
                 command = [sys.executable, str(args.reference / "soft_intro_vae_2d" / "main.py"), *official_args,
                            "-n", str(iters), "-v", "0", "-s", "0"]
             else:
@@ -271,7 +282,9 @@ def main() -> None:
     parser.add_argument("--toy-threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--toy-short", type=int, default=200)
     parser.add_argument("--toy-long", type=int, default=1200)
-    parser.add_argument("--child", choices=("official", "sivae"), help=argparse.SUPPRESS)
+    parser.add_argument("--official-kept", action="store_true",
+                        help="also time the official code with sivae's allocator setting (core.host_memory)")
+    parser.add_argument("--child", choices=("official", "before", "sivae"), help=argparse.SUPPRESS)
     parser.add_argument("--level", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -49,10 +49,11 @@ def main(args: argparse.Namespace) -> int:
     if cfg.train.backend == "deepspeed":
         import torch
 
+        from sivae.train.backend import resolve_precision
         from sivae.train.deepspeed_backend import check_precision
 
         wanted = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-        check_precision(cfg.train.precision, torch.device(wanted))
+        check_precision(resolve_precision(cfg.train.precision, torch.device(wanted)), torch.device(wanted))
     env, accelerator = process_env(cfg.train.backend, args.device)
     try:
         code = Trainer(cfg, args.run_dir, env, accelerator).run()

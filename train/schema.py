@@ -10,7 +10,7 @@ from sivae.core.eval_config import EvalConfig
 from sivae.core.schedule import LEGACY_FADE_RAMP, FadeRamp, LevelConfig
 from sivae.data_pipeline.config import DataConfig
 from sivae.models.config import ModelConfig
-from sivae.train.backend import Precision
+from sivae.train.backend import PrecisionSetting
 
 # auto: the Accelerate backend when started with several processes (WORLD_SIZE > 1), else single
 BackendName = Literal["auto", "single", "accelerate", "deepspeed"]
@@ -98,7 +98,7 @@ class TrainConfig:
     vae_warmup_kimg: float = 0.0  # plain-VAE updates of both nets for the first images
     fade_ramp: FadeRamp = "sine"  # the reference's sine ramp, or "linear" (core.schedule)
     per_device_batch: int | None = None  # null: global batch / world size (no accumulation)
-    precision: Precision = "fp32"
+    precision: PrecisionSetting = "fp32"  # "auto": bf16 where the device has bf16 matrix units
     ema_halflife_kimg: float = 10.0
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     reset_optimizer_on_level: bool = True

@@ -22,12 +22,13 @@ import torch
 from sivae.core import checkpoint
 from sivae.core.config import ConfigError, to_dict
 from sivae.core.distributed import DistEnv, all_gather_objects, broadcast_object
+from sivae.core.host_memory import keep_freed_memory
 from sivae.core.run_dir import RunDir
 from sivae.core.schedule import Position, position, schedule_kimg
 from sivae.core.snapshot import write_snapshot
 from sivae.models import Model, build_model
 from sivae.train.accelerate_backend import AccelerateBackend
-from sivae.train.backend import Backend, LocalBackend
+from sivae.train.backend import Backend, LocalBackend, resolve_precision
 from sivae.train.ema import ema_beta, update_ema
 from sivae.train.exit_codes import EXIT_OK, EXIT_PREEMPTED
 from sivae.train.logger import Logger
@@ -79,6 +80,9 @@ class Trainer:
         self.cfg, self.env, self.run_dir = cfg, env, RunDir(Path(run_dir))
         self.console, self.on_iteration = console, on_iteration
         t = cfg.train
+        t.precision = resolve_precision(t.precision, env.device)  # before config.yaml is written: it says which
+        if env.device.type == "cpu":
+            keep_freed_memory()  # the step's large blocks come back as fresh pages otherwise (core.host_memory)
         total_kimg = t.total_kimg if t.total_kimg is not None else schedule_kimg(t.schedule)
         self.total_images = round(1000 * total_kimg)
         self.warmup_images = round(1000 * t.vae_warmup_kimg)
