@@ -17,6 +17,7 @@ blend; the mlp has max_lod = 0.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -34,6 +35,12 @@ class Model(nn.Module):
         self.latent_dim = latent_dim
         self.data_shape = tuple(data_shape)
         self.max_lod = max_lod
+
+    @functools.cached_property
+    def per_sample(self) -> bool:
+        """Whether a sample's output is independent of the rest of its batch (no batch normalisation), so
+        that two batches may go through a network in one call with the same result."""
+        return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
 
     def network(self, name: str) -> nn.Module:
         if name not in self.networks:

@@ -229,3 +229,64 @@ def test_fused_adam_skips_a_non_finite_update_on_the_device(monkeypatch):
     assert all(changed(before, model))
     backend.read_skips()
     assert backend.skipped == {"encoder": 1, "decoder": 1}
+
+
+def test_per_sample_models_are_told_apart_by_batch_normalisation():
+    from sivae.models import build_model
+    from sivae.models.config import ModelConfig
+
+    assert build_model(ModelConfig(max_resolution=16, start_channels=4, max_channels=8, latent_dim=4)).per_sample
+    assert not build_model(ModelConfig(arch="standard", max_resolution=16, latent_dim=4,
+                                       channels=[4, 8])).per_sample  # fmt: skip
+
+
+def test_joint_calls_of_a_per_sample_model_give_the_separate_calls_update(monkeypatch):
+    # The style model is per sample, so its phases send the reconstructions and the prior samples through
+    # the encoder (and their codes through the decoder) in one call: the losses and the update must be
+    # those of the separate calls, up to float rounding. Random numbers are taken out of the comparison:
+    # z = mu, no per-pixel noise, no style mixing (the joint call draws them in another order).
+    from sivae.models import build_model
+    from sivae.models.config import ModelConfig
+    from sivae.models.style_layers import NoiseInjection
+
+    monkeypatch.setattr("sivae.train.steps.reparameterize", lambda mu, logvar: mu)
+    monkeypatch.setattr(NoiseInjection, "forward", lambda self, x, noise: x)
+    cfg = ModelConfig(max_resolution=16, start_channels=4, max_channels=8, latent_dim=4, mapping_layers=2,
+                      style_mixing_prob=0.0)  # fmt: skip
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+
+    def run(joint: bool):
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        initial = [p.detach().clone() for p in model.parameters()]
+        if not joint:
+            model.per_sample = False  # as a model with batch statistics is run
+        # SGD: the update is the gradient (Adam would turn float-rounding-sized gradients into whole steps)
+        opts = {n: torch.optim.SGD(getattr(model, n).parameters(), lr=0.1) for n in model.networks}
+        backend = LocalBackend(model, opts)
+        backend.set_level(2, 1.0)
+        calls = {"encode": 0, "decode": 0}
+        def counted(name, call):
+            def run_counted(t):
+                calls[name] += 1
+                return call(t)
+
+            return run_counted
+
+        for name in calls:
+            monkeypatch.setattr(backend, name, counted(name, getattr(backend, name)))
+        torch.manual_seed(5)
+        stats = training_step(backend, x, CFG, 0.5)
+        return [p.detach() - p0 for p, p0 in zip(model.parameters(), initial)], stats, calls
+
+    (joint, stats_joint, calls_joint), (separate, stats_separate, calls_separate) = run(True), run(False)
+    assert calls_joint == {"encode": 3, "decode": 4} and calls_separate == {"encode": 5, "decode": 6}
+    for key in stats_separate:
+        torch.testing.assert_close(stats_joint[key], stats_separate[key], rtol=1e-5, atol=1e-7)
+    # the updates (the gradients times the lr) agree to float rounding: as a whole, and tensor by tensor
+    # against the largest update (a gradient that is zero in exact arithmetic, such as that of the bias
+    # before the first instance norm on the constant input, is rounding noise either way)
+    diff = torch.cat([(a - b).flatten() for a, b in zip(joint, separate)])
+    assert diff.norm() / torch.cat([b.flatten() for b in separate]).norm() < 1e-5
+    largest = max(float(b.norm()) for b in separate)
+    assert all(float((a - b).norm()) < 1e-4 * largest for a, b in zip(joint, separate))

@@ -44,17 +44,36 @@ def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class Nets:
     """How a phase reaches the model's networks through the backend: x -> posterior (mu, logvar), z -> x for
-    codes (`decode`) and prior samples (`generate`), and the per-sample KL of a posterior."""
+    codes (`decode`) and prior samples (`generate`), and the per-sample KL of a posterior. `joint`: the
+    networks are per sample (models.base.Model.per_sample), so two batches may share one call."""
 
     encode: Callable[[Tensor], tuple[Tensor, Tensor]]
     decode: Callable[[Tensor], Tensor]
     generate: Callable[[Tensor], Tensor]
     kl: Callable[[Tensor, Tensor], Tensor] = kl_divergence
+    joint: bool = False
 
 
 def image_nets(backend: Backend) -> Nets:
     """The image VAE's encoder and decoder."""
-    return Nets(backend.encode, backend.decode, backend.generate)
+    return Nets(backend.encode, backend.decode, backend.generate, joint=backend.model.per_sample)
+
+
+# Two batches through one network call where the networks are per sample: the same result, in fewer and
+# larger kernels (a 512-channel 3x3 convolution's forward and backward on batch 16 took 0.61x the time of
+# two on batch 8 at 4px and 0.83x at 16px, 2 CPU threads). With batch statistics, two calls.
+def encode_both(nets: Nets, a: Tensor, b: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    if not nets.joint:
+        return nets.encode(a), nets.encode(b)
+    (mu_a, mu_b), (logvar_a, logvar_b) = (t.split([len(a), len(b)]) for t in nets.encode(torch.cat([a, b])))
+    return (mu_a, logvar_a), (mu_b, logvar_b)
+
+
+def decode_both(nets: Nets, z_a: Tensor, z_b: Tensor) -> tuple[Tensor, Tensor]:
+    if not nets.joint:
+        return nets.decode(z_a), nets.decode(z_b)
+    x_a, x_b = nets.decode(torch.cat([z_a, z_b])).split([len(z_a), len(z_b)])
+    return x_a, x_b
 
 
 NetsOf = Callable[[Backend], Nets]
@@ -70,10 +89,8 @@ def soft_intro_phases(nets_of: NetsOf, encoders: tuple[str, ...], decoders: tupl
         mu, logvar = nets.encode(x)
         z = reparameterize(mu, logvar)
         rec = nets.decode(z)
-        mu_rec, logvar_rec = nets.encode(rec.detach())
-        rec_rec = nets.decode(reparameterize(mu_rec, logvar_rec))
-        mu_fake, logvar_fake = nets.encode(fake.detach())
-        rec_fake = nets.decode(reparameterize(mu_fake, logvar_fake))
+        (mu_rec, logvar_rec), (mu_fake, logvar_fake) = encode_both(nets, rec.detach(), fake.detach())
+        rec_rec, rec_fake = decode_both(nets, reparameterize(mu_rec, logvar_rec), reparameterize(mu_fake, logvar_fake))
         loss, stats = soft_intro_encoder_loss(
             err(x, rec), nets.kl(mu, logvar),
             err(rec, rec_rec), nets.kl(mu_rec, logvar_rec),
@@ -87,10 +104,9 @@ def soft_intro_phases(nets_of: NetsOf, encoders: tuple[str, ...], decoders: tupl
         nets, err = nets_of(backend), functools.partial(reconstruction_error, kind=cfg.reconstruction)
         fake = nets.generate(z_prior)
         rec = nets.decode(z)
-        mu_rec, logvar_rec = nets.encode(rec)
-        mu_fake, logvar_fake = nets.encode(fake)
-        rec_rec = nets.decode(reparameterize(mu_rec, logvar_rec).detach())
-        rec_fake = nets.decode(reparameterize(mu_fake, logvar_fake).detach())
+        (mu_rec, logvar_rec), (mu_fake, logvar_fake) = encode_both(nets, rec, fake)
+        rec_rec, rec_fake = decode_both(nets, reparameterize(mu_rec, logvar_rec).detach(),
+                                        reparameterize(mu_fake, logvar_fake).detach())
         loss, stats = soft_intro_decoder_loss(
             err(x, rec), nets.kl(mu_rec, logvar_rec), nets.kl(mu_fake, logvar_fake),
             err(rec.detach(), rec_rec), err(fake.detach(), rec_fake),
