@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOW_TO_GET_IT = ("benchmarks/vs_reference.py needs a checkout of the official code: git clone "
                  "https://github.com/taldatech/soft-intro-vae-pytorch PATH, then --reference PATH (and pip "
                  "install -e '.[bench]' for yacs, its config system)")  # fmt: skip
+OFFICIAL_EXTRA_WORK = 1.031  # the official iteration's FLOPs over ours (it encodes the real batch again)
 KEPT_BYTES = 1 << 30  # core.host_memory.keep_freed_memory's default threshold
 # the official 8Gaussians preset (its main.py's recommended hyper-parameters) and sivae's toy2d preset name
 TOY_PRESETS = {"8Gaussians": (["-d", "8Gaussians", "-b", "512", "-k", "0.3", "-r", "0.2", "-e", "0.9", "-z", "2"],
@@ -144,10 +145,41 @@ def sivae_iteration(resolution: int, batch: int, precision: str):
     return iteration
 
 
+def matmul_ceiling(threads: int) -> dict[str, float]:
+    """GFLOP/s of a large square matrix product on `threads` threads, fp32 and bf16: what the CPU's GEMM reaches."""
+    import torch
+
+    torch.set_num_threads(threads)
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+        a @ b
+        start, repeats = time.perf_counter(), 5
+        for _ in range(repeats):
+            a @ b
+        rates[name] = 2 * 2048**3 * repeats / (time.perf_counter() - start) / 1e9
+    return rates
+
+
+def iteration_gflop(level: int, batch: int) -> float:
+    """GFLOP of one sivae iteration at `level` px (matrix products and convolutions, forward and backward:
+    `sivae models summary`)."""
+    from sivae.core.config import load_config
+    from sivae.models import lod_of
+    from sivae.train.schema import RunConfig
+    from sivae.train.summary import summarize_level
+
+    run = load_config(RunConfig, ROOT / "configs" / "ffhq256.yaml")
+    return summarize_level(run.model, lod_of(level)).flops_per_image * batch / 1e9
+
+
 def run_child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.child == "ceiling":
+        print(json.dumps(matmul_ceiling(args.threads)))
+        return
     if args.child == "sivae":
         from sivae.core.host_memory import keep_freed_memory
 
@@ -207,6 +239,9 @@ def style_table(args: argparse.Namespace) -> None:
                 times.setdefault((level, side, precision), []).append(seconds)
                 print(f"round {round_number + 1}/{args.rounds} {level}px {side} {precision}: {seconds:.3f} s/it",
                       flush=True)
+    ceiling = json.loads(subprocess.run(
+        [sys.executable, __file__, "--child", "ceiling", "--threads", str(args.threads)], capture_output=True,
+        text=True, check=True, env=side_env(args, "sivae", args.threads), cwd=ROOT).stdout.strip().splitlines()[-1])
     print(f"\n# style model (FFHQ-256), batch {args.batch}, {args.threads} threads, blend 1, EMA included; "
           f"median of {args.rounds} fresh processes, {args.warmup} warm-up + {args.iters} timed iterations each; "
           f"load average {os.getloadavg()[0]:.2f}; official / X > 1: X is faster than the official code")
@@ -220,6 +255,16 @@ def style_table(args: argparse.Namespace) -> None:
             seconds = statistics.median(times[(level, side, precision)])
             cells.append(f"{seconds:.3f} | {official / seconds:.2f}")
         print(f"| {level}px | {official:.3f} | {' | '.join(cells)} |")
+    print(f"\n# GFLOP/s achieved (matrix products and convolutions of `sivae models summary`; the official code "
+          f"does 3.1% more per iteration); a 2048^2 matrix product on {args.threads} threads reaches "
+          f"{ceiling['fp32']:.0f} GFLOP/s in fp32, {ceiling['bf16']:.0f} in bf16")
+    print("| level | GFLOP/iteration | " + " | ".join(f"{side} {p}" for side, p in runs) + " |")
+    print("|---" * (2 + len(runs)) + "|")
+    for level in args.levels:
+        gflop = iteration_gflop(level, args.batch)
+        work = {side: gflop * (OFFICIAL_EXTRA_WORK if side.startswith("official") else 1.0) for side, _ in runs}
+        cells = [f"{work[side] / statistics.median(times[(level, side, p)]):.0f}" for side, p in runs]
+        print(f"| {level}px | {gflop:.0f} | {' | '.join(cells)} |")
 
 
 def toy_wall_time(command: list[str], env: dict[str, str], cwd: str) -> float:
@@ -284,7 +329,7 @@ def main() -> None:
     parser.add_argument("--toy-long", type=int, default=1200)
     parser.add_argument("--official-kept", action="store_true",
                         help="also time the official code with sivae's allocator setting (core.host_memory)")
-    parser.add_argument("--child", choices=("official", "before", "sivae"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("official", "before", "sivae", "ceiling"), help=argparse.SUPPRESS)
     parser.add_argument("--level", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
