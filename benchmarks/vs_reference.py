@@ -23,6 +23,7 @@ without the VAE warm-up, at --toy-short and --toy-long iterations; iterations pe
     pip install -e ".[bench]"    # yacs, the official config system, needed only to build its model here
     python benchmarks/vs_reference.py --reference /tmp/soft-intro-vae-pytorch [--levels 4 16 32 64]
         [--batch 8] [--threads 2] [--precision fp32 bf16] [--rounds 3] [--toy-threads 1 2] [--no-style]
+        [--baseline DIR] [--official-kept] [--profile 4 16]
 """
 
 from __future__ import annotations
@@ -173,6 +174,37 @@ def iteration_gflop(level: int, batch: int) -> float:
     return summarize_level(run.model, lod_of(level)).flops_per_image * batch / 1e9
 
 
+# op families of the profile table: the first family whose name fragment an op's name contains
+OP_FAMILIES = [
+    ("convolution backward", ("convolution_backward", "conv2d_backward", "conv_transpose")),
+    ("convolution forward", ("mkldnn_convolution", "convolution", "conv2d")),
+    ("matrix products (mm, addmm)", ("aten::mm", "addmm", "aten::bmm")),
+    ("EMA (lerp)", ("lerp",)),
+    ("optimizer", ("adam", "addcdiv", "addcmul", "sqrt")),
+    ("casts and copies", ("copy_", "_to_copy")),
+    ("normalisation", ("batch_norm", "var_mean", "instance_norm")),
+    ("elementwise mul", ("aten::mul",)),
+    ("elementwise add", ("aten::add",)),
+]
+
+
+def profile_iteration(iteration, iterations: int) -> dict[str, float]:
+    """Self CPU milliseconds per iteration by op family (torch.profiler over `iterations` iterations)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iterations):
+            iteration()
+    families: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.key.startswith(("autograd::", "Optimizer.", "ProfilerStep")):
+            continue  # wrappers: their time is their children's
+        family = next((name for name, parts in OP_FAMILIES if any(p in event.key.lower() for p in parts)), "other")
+        families[family] = families.get(family, 0.0) + event.self_cpu_time_total / 1000 / iterations
+    families["total"] = sum(families.values())
+    return families
+
+
 def run_child(args: argparse.Namespace) -> None:
     import torch
 
@@ -190,6 +222,9 @@ def run_child(args: argparse.Namespace) -> None:
         iteration = sivae_iteration(args.level, args.batch, args.child_precision)
     for _ in range(args.warmup):
         iteration()
+    if args.child_profile:
+        print(json.dumps(profile_iteration(iteration, args.iters)))
+        return
     start = time.perf_counter()
     for _ in range(args.iters):
         iteration()
@@ -215,16 +250,34 @@ def sides_of(args: argparse.Namespace) -> list[str]:
             "sivae"]
 
 
-def measure(args: argparse.Namespace, side: str, level: int, precision: str) -> float:
+def measure(args: argparse.Namespace, side: str, level: int, precision: str, profiled: bool = False):
     command = [sys.executable, __file__, "--child", "official" if side.startswith("official") else side,
                "--level", str(level), "--child-precision", precision, "--batch", str(args.batch),
                "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters)]  # fmt: skip
     if args.reference:
         command += ["--reference", str(args.reference)]
+    if profiled:
+        command += ["--child-profile"]
     proc = subprocess.run(command, capture_output=True, text=True, env=side_env(args, side, args.threads), cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{side} at {level}px failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result if profiled else result["seconds"]
+
+
+def profile_table(args: argparse.Namespace) -> None:
+    """Where one iteration's time goes, per side, at each --profile level (one profiled process each)."""
+    ours = [side for side in sides_of(args) if not side.startswith("official")]
+    runs = [("official", "fp32")] + [(side, p) for p in args.precision for side in ours]
+    for level in args.profile:
+        profiles = {(side, p): measure(args, side, level, p, profiled=True) for side, p in runs}
+        print(f"\n# profile at {level}px, batch {args.batch}, {args.threads} threads: self CPU ms per iteration "
+              f"(torch.profiler, mean of {args.iters} after {args.warmup} warm-up); load average "
+              f"{os.getloadavg()[0]:.2f}")
+        print("| ops | " + " | ".join(f"{side} {p}" for side, p in runs) + " |")
+        print("|---" * (1 + len(runs)) + "|")
+        for family in [name for name, _ in OP_FAMILIES] + ["other", "total"]:
+            print(f"| {family} | " + " | ".join(f"{profiles[run].get(family, 0.0):.0f}" for run in runs) + " |")
 
 
 def style_table(args: argparse.Namespace) -> None:
@@ -322,6 +375,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--no-style", action="store_true", help="skip the style model table")
+    parser.add_argument("--profile", type=int, nargs="+", default=[], metavar="LEVEL",
+                        help="only profile one iteration of each side at these levels (px), by op family")
     parser.add_argument("--no-toy", action="store_true", help="skip the 2D table")
     parser.add_argument("--toy-preset", choices=sorted(TOY_PRESETS), default="8Gaussians")
     parser.add_argument("--toy-threads", type=int, nargs="+", default=[1, 2])
@@ -332,6 +387,7 @@ def main() -> None:
     parser.add_argument("--child", choices=("official", "before", "sivae", "ceiling"), help=argparse.SUPPRESS)
     parser.add_argument("--level", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--child-profile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_child(args)
@@ -340,6 +396,9 @@ def main() -> None:
         print(HOW_TO_GET_IT if args.reference is None else f"{args.reference}: not a checkout of the official "
               f"code (no style_soft_intro_vae/model.py). {HOW_TO_GET_IT}", file=sys.stderr)
         sys.exit(2)
+    if args.profile:
+        profile_table(args)
+        return
     if not args.no_style:
         style_table(args)
     if not args.no_toy:

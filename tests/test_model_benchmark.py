@@ -49,3 +49,12 @@ def test_vs_reference_says_how_to_get_the_official_code_and_its_sivae_side_runs(
                            "1", "--warmup", "0", "--iters", "1"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["seconds"] > 0
+    # its profiled form: the op families add up to the total, and the convolutions are in it
+    proc = subprocess.run([sys.executable, script, "--child", "sivae", "--level", "4", "--batch", "2", "--threads",
+                           "1", "--warmup", "0", "--iters", "1", "--child-profile"], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    families = json.loads(proc.stdout.strip().splitlines()[-1])
+    total = families.pop("total")
+    assert families["convolution forward"] > 0 and families["convolution backward"] > 0
+    assert abs(sum(families.values()) - total) < 1e-6 * total
