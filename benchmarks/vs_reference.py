@@ -43,7 +43,6 @@ HOW_TO_GET_IT = ("benchmarks/vs_reference.py needs a checkout of the official co
                  "https://github.com/taldatech/soft-intro-vae-pytorch PATH, then --reference PATH (and pip "
                  "install -e '.[bench]' for yacs, its config system)")  # fmt: skip
 OFFICIAL_EXTRA_WORK = 1.031  # the official iteration's FLOPs over ours (it encodes the real batch again)
-KEPT_BYTES = 1 << 30  # core.host_memory.keep_freed_memory's default threshold
 # the official 8Gaussians preset (its main.py's recommended hyper-parameters) and sivae's toy2d preset name
 TOY_PRESETS = {"8Gaussians": (["-d", "8Gaussians", "-b", "512", "-k", "0.3", "-r", "0.2", "-e", "0.9", "-z", "2"],
                               "8gaussians")}
@@ -239,7 +238,9 @@ def side_env(args: argparse.Namespace, side: str, threads: int) -> dict[str, str
     """A child's environment: its thread count and, for the "before" side, the earlier sivae first on the path."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if side == "official-kept":  # glibc's own tunables for what core.host_memory sets with mallopt
-        env.update(MALLOC_MMAP_THRESHOLD_=str(KEPT_BYTES), MALLOC_TRIM_THRESHOLD_=str(KEPT_BYTES))
+        from sivae.core.host_memory import KEPT_BELOW_BYTES
+
+        env.update(MALLOC_MMAP_THRESHOLD_=str(KEPT_BELOW_BYTES), MALLOC_TRIM_THRESHOLD_=str(KEPT_BELOW_BYTES))
     if side == "before":
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.baseline), env.get("PYTHONPATH")]))
     return env
@@ -250,7 +251,15 @@ def sides_of(args: argparse.Namespace) -> list[str]:
             "sivae"]
 
 
-def measure(args: argparse.Namespace, side: str, level: int, precision: str, profiled: bool = False):
+def style_runs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(side, precision) of every style measurement: the official sides in fp32, ours in each --precision."""
+    sides = sides_of(args)
+    official = [(side, "fp32") for side in sides if side.startswith("official")]
+    return official + [(side, p) for p in args.precision for side in sides if not side.startswith("official")]
+
+
+def run_side(args: argparse.Namespace, side: str, level: int, precision: str, profiled: bool = False) -> dict:
+    """One child process of `side`; its JSON result (seconds per iteration, or the profile's op families)."""
     command = [sys.executable, __file__, "--child", "official" if side.startswith("official") else side,
                "--level", str(level), "--child-precision", precision, "--batch", str(args.batch),
                "--threads", str(args.threads), "--warmup", str(args.warmup), "--iters", str(args.iters)]  # fmt: skip
@@ -261,16 +270,14 @@ def measure(args: argparse.Namespace, side: str, level: int, precision: str, pro
     proc = subprocess.run(command, capture_output=True, text=True, env=side_env(args, side, args.threads), cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{side} at {level}px failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result if profiled else result["seconds"]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def profile_table(args: argparse.Namespace) -> None:
     """Where one iteration's time goes, per side, at each --profile level (one profiled process each)."""
-    ours = [side for side in sides_of(args) if not side.startswith("official")]
-    runs = [("official", "fp32")] + [(side, p) for p in args.precision for side in ours]
+    runs = style_runs(args)
     for level in args.profile:
-        profiles = {(side, p): measure(args, side, level, p, profiled=True) for side, p in runs}
+        profiles = {(side, p): run_side(args, side, level, p, profiled=True) for side, p in runs}
         print(f"\n# profile at {level}px, batch {args.batch}, {args.threads} threads: self CPU ms per iteration "
               f"(torch.profiler, mean of {args.iters} after {args.warmup} warm-up); load average "
               f"{os.getloadavg()[0]:.2f}")
@@ -281,14 +288,12 @@ def profile_table(args: argparse.Namespace) -> None:
 
 
 def style_table(args: argparse.Namespace) -> None:
-    ours = [side for side in sides_of(args) if not side.startswith("official")]
-    runs = [(side, "fp32") for side in sides_of(args) if side.startswith("official")]
-    runs += [(side, p) for p in args.precision for side in ours]
+    runs = style_runs(args)
     times: dict[tuple[int, str, str], list[float]] = {}
     for round_number in range(args.rounds):
         for level in args.levels:
             for side, precision in runs:
-                seconds = measure(args, side, level, precision)
+                seconds = run_side(args, side, level, precision)["seconds"]
                 times.setdefault((level, side, precision), []).append(seconds)
                 print(f"round {round_number + 1}/{args.rounds} {level}px {side} {precision}: {seconds:.3f} s/it",
                       flush=True)
@@ -309,7 +314,8 @@ def style_table(args: argparse.Namespace) -> None:
             cells.append(f"{seconds:.3f} | {official / seconds:.2f}")
         print(f"| {level}px | {official:.3f} | {' | '.join(cells)} |")
     print(f"\n# GFLOP/s achieved (matrix products and convolutions of `sivae models summary`; the official code "
-          f"does 3.1% more per iteration); a 2048^2 matrix product on {args.threads} threads reaches "
+          f"does {OFFICIAL_EXTRA_WORK - 1:.1%} more per iteration); a 2048^2 matrix product on {args.threads} "
+          f"threads reaches "
           f"{ceiling['fp32']:.0f} GFLOP/s in fp32, {ceiling['bf16']:.0f} in bf16")
     print("| level | GFLOP/iteration | " + " | ".join(f"{side} {p}" for side, p in runs) + " |")
     print("|---" * (2 + len(runs)) + "|")

@@ -13,9 +13,10 @@ import ctypes
 
 M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
+KEPT_BELOW_BYTES = 1 << 30  # blocks below this stay in the heap when freed
 
 
-def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
+def keep_freed_memory(threshold_bytes: int = KEPT_BELOW_BYTES) -> bool:
     """Serve blocks below `threshold_bytes` from the heap and never trim it below that; process-wide.
     Returns whether it applied (False where the C library has no glibc `mallopt`)."""
     try:
